@@ -1,0 +1,178 @@
+"""Run set-up on top of Hugging Face Accelerate: the Accelerator, seeding, a self-describing run folder, logging.
+
+``run = start(cfg, paper="dmd2")`` builds the Accelerator (mixed precision and gradient accumulation from the
+config's global-batch contract), seeds every RNG and writes ``<out_dir>/<paper>/<run_name>/`` with ``config.json``,
+``env.json`` (git commit and dirty flag, library versions, device, world size) and ``metrics.jsonl``. Accelerate does
+the device placement, DDP wrapping and trackers; this module only decides what goes where on disk.
+
+Left out: online trackers (only tensorboard is wired, and only on request) and cluster schedulers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.checkpoint import atomic_write_json
+from common.config import batch_math, config_to_dict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_LIBS = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "datasets", "timm", "torchmetrics",
+         "clean-fid", "numpy", "peft")
+
+
+def git_commit() -> str:
+    """The commit of the repository, with '-dirty' when tracked files differ from it; 'unknown' outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        if sha.returncode:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True,
+            timeout=10,
+        )
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _LIBS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def peak_memory_mb() -> float:
+    """Peak accelerator memory when on CUDA, else the process's peak resident set size."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def seed_everything(seed: int, per_process: bool = False) -> int:
+    """Seed python, numpy and torch (all devices). With per_process, offset by the process rank."""
+    if per_process:
+        seed += int(os.environ.get("RANK", "0"))
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return seed
+
+
+def env_info(accelerator=None) -> dict:
+    info = {
+        "git_commit": git_commit(),
+        "versions": library_versions(),
+        "platform": platform.platform(),
+        "argv": sys.argv,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if accelerator is not None:
+        info.update(
+            device=str(accelerator.device),
+            device_name=torch.cuda.get_device_name() if accelerator.device.type == "cuda" else platform.processor(),
+            world_size=accelerator.num_processes,
+            distributed_type=str(accelerator.distributed_type),
+            mixed_precision=accelerator.mixed_precision,
+        )
+    return info
+
+
+@dataclass
+class Run:
+    """One training or evaluation run: its Accelerator, folder and logs."""
+
+    accelerator: object
+    cfg: object
+    paper: str
+    dir: Path
+    per_device_batch: int
+    grad_accum: int
+    started: float = field(default_factory=time.time)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    def path(self, *parts: str) -> Path:
+        p = self.dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def log(self, step: int, **metrics) -> None:
+        """Append one JSON line to metrics.jsonl (main process) and forward to trackers."""
+        clean = {k: (float(v) if isinstance(v, (int, float, np.floating, torch.Tensor)) else v) for k, v in metrics.items()}
+        if self.is_main:
+            with open(self.dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "time_s": round(time.time() - self.started, 3), **clean}) + "\n")
+        if self.cfg.trackers:
+            self.accelerator.log({k: v for k, v in clean.items() if isinstance(v, float)}, step=step)
+
+    def progress(self, iterable=None, total=None, desc: str = "", initial: int = 0):
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, initial=initial, disable=not self.is_main, dynamic_ncols=True,
+                    mininterval=2.0)
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def finish(self) -> None:
+        """End trackers and tear down the process group so gloo workers exit cleanly."""
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def start(cfg, paper: str) -> Run:
+    """Build the Accelerator from cfg, seed, create the run folder and describe it on disk."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    run_dir = Path(cfg.out_dir) / paper / cfg.resolved_run_name
+    accelerator_probe_world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_device, accum = batch_math(cfg.global_batch, cfg.per_device_batch, accelerator_probe_world)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=accum,
+        log_with=["tensorboard"] if cfg.trackers == "tensorboard" else None,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
+    )
+    assert per_device * accum * accelerator.num_processes == cfg.global_batch, "global batch contract violated"
+    seed_everything(cfg.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(config_to_dict(cfg), run_dir / "config.json")
+        atomic_write_json(
+            {**env_info(accelerator), "per_device_batch": per_device, "grad_accum": accum}, run_dir / "env.json"
+        )
+    if cfg.trackers:
+        accelerator.init_trackers(paper, config={k: v for k, v in config_to_dict(cfg).items()
+                                                 if isinstance(v, (int, float, str, bool))})
+    accelerator.wait_for_everyone()
+    return Run(accelerator=accelerator, cfg=cfg, paper=paper, dir=run_dir, per_device_batch=per_device, grad_accum=accum)
