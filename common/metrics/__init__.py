@@ -1,0 +1,1 @@
+"""Metrics: Fréchet distance / KID with pluggable features, improved precision/recall, toy-distribution metrics."""
