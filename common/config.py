@@ -53,7 +53,9 @@ class BaseConfig:
     log_every: int = cfg_field(50, "steps between metric log lines", min=1)
     ckpt_every: int = cfg_field(0, "steps between checkpoints; 0 = only at the end", min=0)
     keep_ckpts: int = cfg_field(2, "checkpoints kept on disk", min=1)
-    trackers: str = cfg_field("", "experiment trackers: '' or 'tensorboard' (nothing online)", choices=("", "tensorboard"))
+    trackers: str = cfg_field(
+        "", "experiment trackers: '' or 'tensorboard' (nothing online)", choices=("", "tensorboard")
+    )
 
     def __post_init__(self):
         validate(self)
@@ -244,8 +246,6 @@ def parse_cli(cls, presets: dict, argv: list[str] | None = None, description: st
         raise SystemExit(2) from None
     if args.dry_run:
         print(json.dumps(config_to_dict(cfg), indent=2, default=str))
-        print(
-            f"batch: global {cfg.global_batch} = per-device {per_device} x accumulation {accum} x world size {world}"
-        )
+        print(f"batch: global {cfg.global_batch} = per-device {per_device} x accumulation {accum} x world size {world}")
         raise SystemExit(0)
     return cfg

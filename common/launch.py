@@ -29,8 +29,19 @@ from common.checkpoint import atomic_write_json
 from common.config import batch_math, config_to_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-_LIBS = ("torch", "torchvision", "diffusers", "transformers", "accelerate", "datasets", "timm", "torchmetrics",
-         "clean-fid", "numpy", "peft")
+_LIBS = (
+    "torch",
+    "torchvision",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "datasets",
+    "timm",
+    "torchmetrics",
+    "clean-fid",
+    "numpy",
+    "peft",
+)
 
 
 def git_commit() -> str:
@@ -40,7 +51,10 @@ def git_commit() -> str:
         if sha.returncode:
             return "unknown"
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
             timeout=10,
         )
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
@@ -125,7 +139,9 @@ class Run:
 
     def log(self, step: int, **metrics) -> None:
         """Append one JSON line to metrics.jsonl (main process) and forward to trackers."""
-        clean = {k: (float(v) if isinstance(v, (int, float, np.floating, torch.Tensor)) else v) for k, v in metrics.items()}
+        clean = {
+            k: (float(v) if isinstance(v, (int, float, np.floating, torch.Tensor)) else v) for k, v in metrics.items()
+        }
         if self.is_main:
             with open(self.dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, "time_s": round(time.time() - self.started, 3), **clean}) + "\n")
@@ -135,8 +151,15 @@ class Run:
     def progress(self, iterable=None, total=None, desc: str = "", initial: int = 0):
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, total=total, desc=desc, initial=initial, disable=not self.is_main, dynamic_ncols=True,
-                    mininterval=2.0)
+        return tqdm(
+            iterable,
+            total=total,
+            desc=desc,
+            initial=initial,
+            disable=not self.is_main,
+            dynamic_ncols=True,
+            mininterval=2.0,
+        )
 
     def elapsed(self) -> float:
         return time.time() - self.started
@@ -157,7 +180,10 @@ def start(cfg, paper: str) -> Run:
     run_dir = Path(cfg.out_dir) / paper / cfg.resolved_run_name
     accelerator_probe_world = int(os.environ.get("WORLD_SIZE", "1"))
     per_device, accum = batch_math(cfg.global_batch, cfg.per_device_batch, accelerator_probe_world)
+    # Without an accelerator, say cpu=True so that torchrun / `accelerate launch` processes form a gloo group.
+    no_accel = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     accelerator = Accelerator(
+        cpu=no_accel,
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=accum,
         log_with=["tensorboard"] if cfg.trackers == "tensorboard" else None,
@@ -172,7 +198,10 @@ def start(cfg, paper: str) -> Run:
             {**env_info(accelerator), "per_device_batch": per_device, "grad_accum": accum}, run_dir / "env.json"
         )
     if cfg.trackers:
-        accelerator.init_trackers(paper, config={k: v for k, v in config_to_dict(cfg).items()
-                                                 if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            paper, config={k: v for k, v in config_to_dict(cfg).items() if isinstance(v, (int, float, str, bool))}
+        )
     accelerator.wait_for_everyone()
-    return Run(accelerator=accelerator, cfg=cfg, paper=paper, dir=run_dir, per_device_batch=per_device, grad_accum=accum)
+    return Run(
+        accelerator=accelerator, cfg=cfg, paper=paper, dir=run_dir, per_device_batch=per_device, grad_accum=accum
+    )

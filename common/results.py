@@ -108,8 +108,13 @@ def make_record(
         "wall_time_s": float(wall_time_s),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    optional = dict(nfe=nfe, sampling_throughput=sampling_throughput, peak_memory_mb=peak_memory_mb,
-                    train_wall_time_s=train_wall_time_s, extra=extra)
+    optional = dict(
+        nfe=nfe,
+        sampling_throughput=sampling_throughput,
+        peak_memory_mb=peak_memory_mb,
+        train_wall_time_s=train_wall_time_s,
+        extra=extra,
+    )
     rec.update({k: v for k, v in optional.items() if v is not None})
     return validate_record(rec)
 

@@ -22,6 +22,8 @@ from common.results import RAW_ROOT, load_records
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
+TOP_README = HERE.parent / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
 PAPER_NUMBERS = HERE / "paper_numbers.toml"
 
 
@@ -73,8 +75,12 @@ def benchmark_table(name: str, rows: dict) -> list[str]:
 
 
 def paper_table(paper: str, entries: list[dict], records: list[dict]) -> list[str]:
-    out = [f"### {paper}: paper vs ours", "", "| benchmark | method | metric | paper | source | ours | Δ (ours − paper) |",
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        f"### {paper}: paper vs ours",
+        "",
+        "| benchmark | method | metric | paper | source | ours | Δ (ours − paper) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for e in entries:
         ours, delta = "not run here", "—"
         if "ours_benchmark" in e:
@@ -89,8 +95,10 @@ def paper_table(paper: str, entries: list[dict], records: list[dict]) -> list[st
             if vals:
                 ours = f"{mean_std(vals)} (n={len(vals)}; {e['ours_benchmark']})"
                 delta = fmt(statistics.fmean(vals) - e["value"])
-        out.append(f"| {e['benchmark']} | {e['method']} | {e['metric']} | {fmt(e['value'])} | {e.get('source', '')} | "
-                   f"{ours} | {delta} |")
+        out.append(
+            f"| {e['benchmark']} | {e['method']} | {e['metric']} | {fmt(e['value'])} | {e.get('source', '')} | "
+            f"{ours} | {delta} |"
+        )
     out.append("")
     return out
 
@@ -119,18 +127,39 @@ def build(raw_root=RAW_ROOT, numbers_path=PAPER_NUMBERS) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def summary(records: list[dict]) -> str:
+    """The compact table embedded in the top-level README: one line per (benchmark, paper, method)."""
+    lines = ["| benchmark | paper | method | n | metrics (mean ± std) |", "|---|---|---|---|---|"]
+    for name, rows in sorted(_group(records).items()):
+        for (paper, method, _preset), recs in sorted(rows.items()):
+            keys = list(dict.fromkeys(m for r in recs for m in r["metrics"]))[:4]
+            cells = ", ".join(f"{m} {mean_std([r['metrics'][m] for r in recs if m in r['metrics']])}" for m in keys)
+            lines.append(f"| {name} | {paper} | {method} | {len(recs)} | {cells} |")
+    return "\n".join(lines) if len(lines) > 2 else "No records yet."
+
+
+def top_readme(raw_root=RAW_ROOT) -> str:
+    text = TOP_README.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    records = load_records(raw_root) if Path(raw_root).exists() else []
+    return f"{head}{START}\n{summary(records)}\n{END}{tail}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="exit 1 if results/README.md is not up to date")
     args = ap.parse_args(argv)
-    text = build()
+    outputs = {README: build(), TOP_README: top_readme()}
     if args.check:
-        if not README.exists() or README.read_text() != text:
-            print("results/README.md is stale: run `python -m results.build`", file=sys.stderr)
+        stale = [str(p) for p, text in outputs.items() if not p.exists() or p.read_text() != text]
+        if stale:
+            print(f"stale: {', '.join(stale)}; run `python -m results.build`", file=sys.stderr)
             return 1
         return 0
-    README.write_text(text)
-    print(f"wrote {README}")
+    for path, text in outputs.items():
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 

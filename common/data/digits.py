@@ -15,7 +15,7 @@ TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _split():
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

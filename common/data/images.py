@@ -44,8 +44,16 @@ class _Wrapped(torch.utils.data.Dataset):
         return out
 
 
-def hf_image_dataset(name: str, split: str = "train", resolution: int = 64, image_column: str = "image",
-                     label_column: str | None = "label", channels: int = 3, hflip: bool = False, **load_kw):
+def hf_image_dataset(
+    name: str,
+    split: str = "train",
+    resolution: int = 64,
+    image_column: str = "image",
+    label_column: str | None = "label",
+    channels: int = 3,
+    hflip: bool = False,
+    **load_kw,
+):
     """A hub data set (e.g. 'ILSVRC/imagenet-1k'); the download needs network unless it is cached."""
     import datasets
 

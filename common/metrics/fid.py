@@ -61,8 +61,9 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor, feature_net: nn.Mod
     return float(metric.compute())
 
 
-def kernel_inception_distance(real, fake, feature_net: nn.Module, subsets: int = 10, subset_size: int = 100,
-                              batch_size: int = 256) -> tuple[float, float]:
+def kernel_inception_distance(
+    real, fake, feature_net: nn.Module, subsets: int = 10, subset_size: int = 100, batch_size: int = 256
+) -> tuple[float, float]:
     """KID (mean, std over subsets) with the cubic polynomial kernel, via torchmetrics."""
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -86,8 +87,14 @@ class DigitsCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 4 * 4, self.num_features), nn.ReLU(),
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, self.num_features),
+            nn.ReLU(),
         )
         self.head = nn.Linear(self.num_features, 10)
 
@@ -177,5 +184,8 @@ def clean_fid_folders(dir_real, dir_fake, feature_net: nn.Module | None = None, 
     if feature_net is not None:
         feature_net = feature_net.to(device).eval()
         kw["custom_feat_extractor"] = lambda x: feature_net(x / 127.5 - 1.0)
-    return float(fid.compute_fid(str(dir_real), str(dir_fake), mode="clean", device=device, num_workers=0,
-                                 batch_size=batch_size, **kw))
+    return float(
+        fid.compute_fid(
+            str(dir_real), str(dir_fake), mode="clean", device=device, num_workers=0, batch_size=batch_size, **kw
+        )
+    )

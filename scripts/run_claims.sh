@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The claim experiments: every paper's seeds x variants (python -m papers.<name>.claims), then the results table.
+# Slow on 2 CPU cores (see each paper's README for its time); records land under results/raw/<paper>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+for claims in papers/*/claims.py; do
+  paper=$(basename "$(dirname "$claims")")
+  echo "=== $paper: claim experiments ==="
+  .venv/bin/python -m "papers.$paper.claims" "$@"
+done
+.venv/bin/python -m results.build

@@ -1,0 +1,45 @@
+"""A run killed after a checkpoint and resumed by the same command ends with the same parameters."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tests" / "tiny_train.py"
+
+
+def run(out_dir, *extra):
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--set", f"out_dir={out_dir}", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def final_state(out_dir):
+    return torch.load(Path(out_dir) / "tiny" / "tiny" / "default-seed0" / "final.pt", weights_only=False)
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert run(straight).returncode == 0
+    killed = run(broken, "crash_after=12")  # dies at step 12; last checkpoint at step 10
+    assert killed.returncode != 0
+    ckpts = sorted((broken / "tiny" / "tiny" / "default-seed0" / "checkpoints").glob("ckpt-*.pt"))
+    assert [p.name for p in ckpts] == ["ckpt-00000005.pt", "ckpt-00000010.pt"]
+    resumed = run(broken)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = final_state(straight), final_state(broken)
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+
+
+def test_checkpoints_rotate_and_no_temp_files_left(tmp_path):
+    assert run(tmp_path, "keep_ckpts=2", "ckpt_every=3").returncode == 0
+    folder = tmp_path / "tiny" / "tiny" / "default-seed0" / "checkpoints"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["ckpt-00000015.pt", "ckpt-00000018.pt"]
