@@ -1,0 +1,195 @@
+"""Configs and presets for STAT (He, Panigrahi, Lin, Arora 2025, arXiv:2510.10023).
+
+``arith`` (the embedded default, first key) runs the whole pipeline on generated arithmetic chains with a small
+GPT-2-style student; ``math`` is the full-scale setting (MATH through ``datasets``, a Llama/Qwen student with LoRA
+via peft, an LLM teacher behind an OpenAI-compatible endpoint, the RLHFlow PRM). Every preset has a ``-smoke`` twin
+that runs the same code path in seconds on tiny random models.
+
+Methods (``method``): ``base`` (no extra training: the saturated student), ``sft`` (continued plain SFT on fresh
+samples of the natural distribution; the paper's MATH-Train / MATH-Augment baseline), ``hard`` (longest chains
+only; MATH-Hard), ``embed_sel`` (nearest neighbours of the difficult validation questions; Embed-Sel),
+``stat_sel`` and ``stat_syn``. All except ``base`` train on exactly ``budget`` QA pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from common.config import BaseConfig, ConfigError, cfg_field
+
+METHODS = ("base", "sft", "hard", "embed_sel", "stat_sel", "stat_syn")
+
+
+@dataclass(frozen=True)
+class Config(BaseConfig):
+    task: str = cfg_field(
+        "arith", "benchmark: embedded arithmetic chains or MATH (full scale)", choices=("arith", "math")
+    )
+    method: str = cfg_field("stat_sel", "training-set construction compared", choices=METHODS)
+    threads: int = cfg_field(2, "torch CPU threads (the embedded runs are sized for 2 cores)", min=1)
+
+    # --- embedded benchmark (task=arith) ---
+    max_value: int = cfg_field(99, "largest intermediate value of a chain", min=20)
+    pool_size: int = cfg_field(20000, "size of the training pool P that STAT-Sel / Embed-Sel select from", min=10)
+    val_size: int = cfg_field(1000, "validation questions the profile is built on (the paper's Q_val: 1K)", min=4)
+    test_size: int = cfg_field(2000, "held-out natural-distribution test questions (P-test)", min=4)
+    skill_test_size: int = cfg_field(200, "test questions per skill (each contains that skill)", min=2)
+    ood_size: int = cfg_field(500, "out-of-distribution test questions (5-step chains)", min=2)
+    student_layers: int = cfg_field(4, "GPT-2 student: transformer blocks", min=1)
+    student_dim: int = cfg_field(96, "GPT-2 student: model width", min=8)
+    student_heads: int = cfg_field(4, "GPT-2 student: attention heads", min=1)
+    context: int = cfg_field(64, "GPT-2 student: context length in characters", min=16)
+    lr: float = cfg_field(2e-3, "peak learning rate of the base SFT", min=0.0)
+    warmup_frac: float = cfg_field(0.03, "linear warm-up fraction of every schedule (paper: 3%)", min=0.0, max=1.0)
+    weight_decay: float = cfg_field(0.01, "AdamW weight decay", min=0.0)
+    grad_clip: float = cfg_field(1.0, "gradient-norm clip", min=0.0)
+    eval_every: int = cfg_field(500, "base SFT steps between P-val accuracy checks (saturation curve)", min=1)
+
+    # --- Stage 1: difficult questions by process reward (Section 3.1 of the paper) ---
+    tau1: float = cfg_field(0.85, "final-step and mean-reward threshold (paper: 0.85)", min=0.0, max=1.0)
+    tau2: float = cfg_field(0.7, "intermediate-step threshold (paper: 0.7)", min=0.0, max=1.0)
+    prm_noise: float = cfg_field(0.1, "std of Gaussian noise on the step checker's 0/1 rewards (mimics a PRM)", min=0.0)
+
+    # --- Stage 2: Missing-Skill-Profile ---
+    teacher: str = cfg_field("oracle", "teacher implementation", choices=("oracle", "openai", "hf"))
+    label_noise: float = cfg_field(
+        0.3,
+        "oracle teacher: probability a missing-skill label is replaced by another skill of the problem",
+        min=0.0,
+        max=1.0,
+    )
+    max_missing: int = cfg_field(3, "skills named per wrong answer (first erroneous steps)", min=1)
+
+    # --- Stage 3: STAT-Sel / STAT-Syn ---
+    m: int = cfg_field(5, "questions drawn per (question, missing skill) pair (App. B.2 / README: 5; Alg. 1: 3)", min=1)
+    questions_per_pair: int = cfg_field(2, "STAT-Syn: new questions per (question, skill) pair per pass", min=1)
+    n_solutions: int = cfg_field(3, "STAT-Syn: teacher solutions per synthesised question (paper: 3)", min=1)
+    min_agree: int = cfg_field(2, "STAT-Syn: keep a question when this many solutions share the majority answer", min=1)
+    teacher_error: float = cfg_field(
+        0.15, "oracle teacher: probability a solution contains an arithmetic slip", min=0.0, max=1.0
+    )
+    syn_target_unique: int = cfg_field(
+        0, "STAT-Syn: extra passes until this many unique questions are kept; 0 = one pass", min=0
+    )
+    embed_k: int = cfg_field(5, "Embed-Sel: nearest training questions per difficult question (paper: 5)", min=1)
+
+    # --- Stage 4: fine-tuning at an equal budget ---
+    budget: int = cfg_field(4000, "QA pairs every method trains on (paper: 9.5K)", min=1)
+    ft_epochs: int = cfg_field(2, "epochs over the budget (paper: 3)", min=1)
+    ft_lr: float = cfg_field(5e-4, "fine-tuning learning rate, identical for every method", min=0.0)
+
+    # --- full scale (task=math) ---
+    model_name: str = cfg_field("meta-llama/Llama-3.2-3B-Instruct", "student (Hub id or local folder)")
+    tiny_random: bool = cfg_field(False, "build tiny random student/PRM from config instead of loading (smoke twins)")
+    math_dataset: str = cfg_field("EleutherAI/hendrycks_math", "MATH on the Hub (hendrycks/competition_math is gone)")
+    math_split_seed: int = cfg_field(0, "seed of the 1K validation / 4K test split of MATH test (not published)", min=0)
+    n_val: int = cfg_field(1000, "MATH validation questions (Q_val)", min=1)
+    eval_sets: str = cfg_field(
+        "math500,gsm8k", "comma-separated evaluation sets: math500, math_test, gsm8k, aime24, aime25, amc23"
+    )
+    eval_limit: int = cfg_field(0, "questions per evaluation set; 0 = all", min=0)
+    prm_model: str = cfg_field("RLHFlow/Llama3.1-8B-PRM-Mistral-Data", "process reward model for Stage 1")
+    teacher_model: str = cfg_field("gpt-4o-mini", "teacher for skill labels and profiles (Section 3)")
+    synthesis_model: str = cfg_field("gpt-4o", "teacher for question synthesis (Alg. 1 names GPT-4o)")
+    teacher_url: str = cfg_field("https://api.openai.com/v1", "OpenAI-compatible endpoint of the teacher")
+    teacher_cache: str = cfg_field("", "JSON-lines cache of teacher calls; '' = <run folder>/teacher_cache.jsonl")
+    lora_r: int = cfg_field(16, "LoRA rank (paper: 16)", min=1)
+    lora_alpha: int = cfg_field(32, "LoRA alpha (paper: 32)", min=1)
+    lora_dropout: float = cfg_field(0.05, "LoRA dropout (paper: 0.05)", min=0.0, max=1.0)
+    load_in_4bit: bool = cfg_field(False, "QLoRA: 4-bit NF4 base weights (needs bitsandbytes on a GPU)")
+    max_seq_len: int = cfg_field(2048, "maximum tokens of question + answer (not stated in the paper)", min=16)
+    max_new_tokens: int = cfg_field(1024, "generation length for evaluation and profiling", min=1)
+    temperature: float = cfg_field(0.1, "decoding temperature for pass@1 (paper: 0.1)", min=0.0)
+    math_budget: int = cfg_field(9500, "QA pairs every full-scale method trains on (paper: 9.5K)", min=1)
+
+    def check(self) -> None:
+        if self.min_agree > self.n_solutions:
+            raise ConfigError(f"min_agree: {self.min_agree} exceeds n_solutions {self.n_solutions}")
+        if self.tau2 > self.tau1:
+            raise ConfigError(f"tau2: {self.tau2} should not exceed tau1 {self.tau1} (paper: 0.7 <= 0.85)")
+        if self.student_dim % self.student_heads:
+            raise ConfigError(f"student_heads: {self.student_heads} does not divide student_dim {self.student_dim}")
+        if self.task == "math" and self.teacher == "oracle" and not self.tiny_random:
+            raise ConfigError("teacher: the oracle teacher only knows the arithmetic chains; use openai or hf for MATH")
+
+
+ARITH = Config(
+    preset="arith",
+    task="arith",
+    seed=0,
+    steps=3000,  # not in the paper: base SFT long enough to plateau on 2 cores (see README, saturation check)
+    global_batch=128,  # not in the paper: our default
+    log_every=100,
+    ckpt_every=500,
+)
+
+MATH = Config(
+    preset="math",
+    task="math",
+    teacher="openai",
+    model_name="meta-llama/Llama-3.2-3B-Instruct",  # Table 3
+    global_batch=8,  # App. B: per-device 2 x gradient accumulation 4
+    per_device_batch=2,
+    ft_lr=1e-4,  # App. B: best of {5e-4, 2e-4, 1e-4, 8e-5, 2e-5} per method; sweep with --set ft_lr=...
+    ft_epochs=3,  # App. B
+    weight_decay=0.1,  # App. B
+    grad_clip=0.3,  # App. B
+    warmup_frac=0.03,  # App. B
+    mixed_precision="bf16",
+    steps=0,  # derived from math_budget x ft_epochs / global_batch
+    log_every=10,
+    eval_sets="math500,math_test,gsm8k,aime24,aime25,amc23",
+)
+
+
+def smoke(cfg: Config) -> Config:
+    """The smoke twin: same code path, tiny sizes."""
+    if cfg.task == "arith":
+        return replace(
+            cfg,
+            preset=f"{cfg.preset}-smoke",
+            steps=3,
+            global_batch=16,
+            pool_size=300,
+            val_size=60,
+            test_size=40,
+            skill_test_size=4,
+            ood_size=8,
+            student_layers=1,
+            student_dim=16,
+            student_heads=2,
+            budget=48,
+            ft_epochs=1,
+            eval_every=2,
+            ckpt_every=2,
+            log_every=1,
+            threads=1,
+        )
+    return replace(
+        cfg,
+        preset=f"{cfg.preset}-smoke",
+        tiny_random=True,
+        teacher="oracle",
+        model_name="tiny-random-llama",
+        prm_model="tiny-random-llama",
+        n_val=6,
+        math_budget=12,
+        ft_epochs=1,
+        global_batch=4,
+        per_device_batch=2,
+        eval_sets="math500,gsm8k",
+        eval_limit=4,
+        max_new_tokens=8,
+        max_seq_len=96,
+        mixed_precision="no",
+        threads=1,
+        log_every=1,
+    )
+
+
+PRESETS: dict[str, Config] = {
+    "arith": ARITH,
+    "arith-smoke": smoke(ARITH),
+    "math": MATH,
+    "math-smoke": smoke(MATH),
+}

@@ -1,0 +1,375 @@
+"""STAT: Skill-Targeted Adaptive Training (He, Panigrahi, Lin, Arora 2025) — the end-to-end entry point.
+
+    python -m papers.stat.train                       # embedded default: preset arith, method stat_sel, seed 0
+    python -m papers.stat.train --set method=stat_syn seed=1
+    accelerate launch papers/stat/train.py --preset arith-smoke
+    python -m papers.stat.train --preset math --set method=stat_sel   # full scale (GPU, teacher endpoint)
+
+Embedded pipeline (task=arith), one seed:
+ 0. held-out sets (val / test / per-skill / OOD) and a training pool P from the skewed natural distribution;
+ 1. base student: a GPT-2-style char LM trained by plain SFT on fresh samples of P until it plateaus. Cached in
+    ``runs/stat/<preset>/base-seed<seed>/student`` and reused by every method; its record has method ``base``;
+ 2. Stage 1: greedy answers on P-val, step rewards (checker + noise), three-rule difficulty filter;
+ 3. Stage 2: the teacher names each difficult answer's missing skills -> Missing-Skill-Profile (profile.json);
+ 4. Stage 3: the method's training set of exactly ``budget`` QA pairs (sft / hard / embed_sel / stat_sel /
+    stat_syn), saved as train_set.jsonl with its skill histogram;
+ 5. Stage 4: fine-tune the base on it (same epochs, LR and schedule for every method), evaluate, write the
+    record, save the student as a transformers folder (``<run>/student``, loads with AutoModelForCausalLM).
+Re-running resumes: the cached base and profile are reused and training continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.checkpoint import Checkpointer, atomic_write_json, atomic_write_text
+from common.config import parse_cli
+from common.launch import peak_memory_mb, start
+from common.results import make_record, write_record
+from papers.stat.arith import SKILLS, Generator, parse_question
+from papers.stat.config import PRESETS, Config
+from papers.stat.eval import BENCHMARK, PAPER, evaluate, make_eval_sets, protocol, step_rewards
+from papers.stat.model import CharCodec, build_student, build_tokenizer, encode_batch, greedy_solve, sft_loss
+from papers.stat.pipeline import (
+    build_skill_map,
+    embed_sel,
+    fill_budget,
+    is_difficult,
+    missing_skill_profile,
+    skill_histogram,
+    stat_sel,
+    stat_syn,
+)
+from papers.stat.teacher import OracleTeacher
+
+N_MISSING_REPORTED = 3  # skills counted as "missing" in acc_missing_skills: the top-3 of the profile
+
+
+def cosine_lambda(total: int, warmup_frac: float, floor: float = 0.1):
+    """Linear warm-up, then cosine decay to ``floor`` x peak (App. B: cosine schedule, 3% warm-up)."""
+    warm = max(1, int(round(warmup_frac * total)))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def train_loop(run, cfg, model, batches, total_steps: int, lr: float, ckpt_dir: Path, tag: str, on_step=None) -> None:
+    """Plain SFT: AdamW + warm-up/cosine; ``batches(step)`` returns the (question, solution) pairs of a step."""
+    codec = CharCodec()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total_steps, cfg.warmup_frac))
+    model, opt = run.accelerator.prepare(model, opt)
+    ckpt = Checkpointer(ckpt_dir, keep=cfg.keep_ckpts, accelerator=run.accelerator)
+    step, _ = ckpt.resume({"model": model, "opt": opt, "sched": sched})
+    model.train()
+    bar = run.progress(total=total_steps, initial=step, desc=tag)
+    while step < total_steps:
+        pairs = batches(step)
+        micro = max(1, len(pairs) // run.grad_accum)
+        for k in range(run.grad_accum):
+            with run.accelerator.accumulate(model):
+                ids, mask, labels = encode_batch(pairs[k * micro : (k + 1) * micro], codec, run.device)
+                loss = sft_loss(model, ids, mask, labels)
+                run.accelerator.backward(loss)
+                if run.accelerator.sync_gradients and cfg.grad_clip > 0:
+                    run.accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                opt.zero_grad()
+        sched.step()
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == total_steps:
+            run.log(step, **{f"{tag}/loss": loss.item(), f"{tag}/lr": sched.get_last_lr()[0]})
+        if on_step is not None:
+            on_step(step, run.accelerator.unwrap_model(model))
+        if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total_steps:
+            ckpt.save(step, {"model": model, "opt": opt, "sched": sched})
+    bar.close()
+
+
+def save_student(model, folder: Path) -> None:
+    """A transformers folder (config, safetensors weights, character tokenizer) loadable anywhere."""
+    model.save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+
+
+def load_student(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder)
+
+
+def make_pool(cfg, sets, seed: int) -> list:
+    gen = Generator(max_value=cfg.max_value, exclude=sets.questions())
+    return gen.sample_many(cfg.pool_size, random.Random(20_000 + seed))
+
+
+def base_stage(cfg: Config, sets, t_start: float):
+    """Train (or load) the saturated base, evaluate it, build the Missing-Skill-Profile; returns (model, profile)."""
+    bcfg = replace(cfg, method="base", run_name="")
+    run = start(bcfg, PAPER)
+    folder = run.dir / "student"
+    codec = CharCodec()
+    if not (folder / "config.json").exists():
+        model = build_student(cfg.student_layers, cfg.student_dim, cfg.student_heads, cfg.context)
+        gen = Generator(max_value=cfg.max_value, exclude=sets.questions())
+        val_sub = sets.val[: min(500, len(sets.val))]
+        curve = []
+
+        def batches(step):  # fresh samples of P every step: plain SFT with unlimited data
+            rng = random.Random(hash((cfg.seed, step, run.accelerator.process_index)) & 0xFFFFFFFF)
+            return [(p.question, p.solution) for p in gen.sample_many(run.per_device_batch * run.grad_accum, rng)]
+
+        def on_step(step, m):
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                from papers.stat.eval import accuracy
+
+                acc = 100 * accuracy(val_sub, greedy_solve(m, [p.question for p in val_sub], codec))
+                curve.append((step, acc))
+                run.log(step, **{"base/acc_val": acc})
+                m.train()
+
+        train_loop(run, bcfg, model, batches, cfg.steps, cfg.lr, run.dir / "checkpoints", "base", on_step)
+        model = run.accelerator.unwrap_model(model)
+        if run.is_main:
+            save_student(model, folder)
+            atomic_write_json({"curve": curve}, run.dir / "saturation_curve.json")
+            _plot_curve(curve, run.dir / "saturation_curve.png")
+    model = load_student(folder)
+    profile_path = run.dir / "profile.json"
+    if not profile_path.exists():
+        profile_path_data = build_profile(cfg, model, sets, codec)
+        atomic_write_json(profile_path_data, profile_path)
+        _plot_profile(profile_path_data, run.dir / "missing_skill_profile.png")
+    prof = json.loads(profile_path.read_text())
+    rec_path = Path(cfg.results_dir) / PAPER / cfg.preset / f"base-seed{cfg.seed}.json"
+    if run.is_main and not rec_path.exists():
+        metrics = evaluate(model, sets, codec, prof["missing"])
+        metrics["difficult_frac_val"] = prof["difficult_frac"]
+        rec = make_record(
+            paper=PAPER,
+            preset=cfg.preset,
+            method="base",
+            seed=cfg.seed,
+            benchmark=BENCHMARK,
+            dataset="arith (embedded)",
+            metrics=metrics,
+            protocol=protocol(bcfg, prof["missing"]),
+            config=bcfg,
+            wall_time_s=time.time() - t_start,
+            peak_memory_mb=peak_memory_mb(),
+            extra={"profile": prof["profile"]},
+        )
+        write_record(rec, cfg.results_dir)
+    run.finish()
+    return model, prof
+
+
+def build_profile(cfg, model, sets, codec) -> dict:
+    """Stages 1-2 on P-val: difficult questions by step reward, then the teacher's Missing-Skill-Profile."""
+    sols = greedy_solve(model, [p.question for p in sets.val], codec)
+    rng = np.random.default_rng(cfg.seed)
+    difficult = [
+        (p, s)
+        for p, s in zip(sets.val, sols)
+        if is_difficult(step_rewards(p, s, cfg.prm_noise, rng), cfg.tau1, cfg.tau2)
+    ]
+    wrong = [p.solution != s for p, s in zip(sets.val, sols)]
+    flagged = {p.question for p, _ in difficult}
+    tp = sum(w and p.question in flagged for p, w in zip(sets.val, wrong))
+    teacher = make_teacher(cfg)
+    per_q, profile = missing_skill_profile([(p.question, s, "arithmetic") for p, s in difficult], teacher)
+    ranked = [s for s, _ in profile.most_common()]
+    return {
+        "difficult_frac": len(difficult) / len(sets.val),
+        "wrong_frac": float(np.mean(wrong)),
+        "filter_precision": tp / max(1, len(difficult)),
+        "filter_recall": tp / max(1, sum(wrong)),
+        "per_question": per_q,
+        "difficult_questions": [p.question for p, _ in difficult],
+        "profile": dict(profile.most_common()),
+        "missing": ranked[:N_MISSING_REPORTED],
+    }
+
+
+def make_teacher(cfg):
+    if cfg.teacher == "oracle":
+        return OracleTeacher(
+            cfg.label_noise,
+            cfg.teacher_error,
+            cfg.max_missing,
+            seed=cfg.seed,
+            generator=Generator(max_value=cfg.max_value),
+        )
+    from papers.stat.teacher import CallCache, HFChat, LLMTeacher, OpenAIChat
+
+    backend = OpenAIChat(cfg.teacher_url) if cfg.teacher == "openai" else HFChat(cfg.teacher_model)
+    return LLMTeacher(
+        backend,
+        {"arithmetic": list(SKILLS)},
+        cfg.teacher_model,
+        cfg.synthesis_model,
+        CallCache(cfg.teacher_cache or None),
+    )
+
+
+def build_train_set(cfg, prof, pool, sets, run) -> tuple[list[tuple[str, str]], dict]:
+    """Stage 3: exactly ``budget`` (question, solution) pairs for the method."""
+    rng = random.Random(30_000 + cfg.seed)
+    per_q = [(q, msp) for q, msp in prof["per_question"]]
+    pool_q = [p.question for p in pool]
+    label = lambda q: sorted(set(parse_question(q).skills))  # noqa: E731 - exact Skill-Map of the chains
+    info: dict = {}
+    if cfg.method == "sft":
+        gen = Generator(max_value=cfg.max_value, exclude=sets.questions())
+        items = [(p.question, p.solution) for p in gen.sample_many(cfg.budget, rng)]
+    elif cfg.method == "hard":
+        longest = max(len(p.ops) for p in pool)
+        items = [(p.question, p.solution) for p in pool if len(p.ops) == longest]
+    elif cfg.method == "embed_sel":
+        idx = embed_sel(prof["difficult_questions"], pool_q, cfg.embed_k)
+        items = [(pool[i].question, pool[i].solution) for i in idx]
+    elif cfg.method == "stat_sel":
+        skill_map = build_skill_map(pool_q, label)
+        idx = stat_sel(per_q, skill_map, cfg.m, rng)
+        items = [(pool[i].question, pool[i].solution) for i in idx]
+        info["selected_unique"] = len(set(idx))
+    elif cfg.method == "stat_syn":
+        skill_map = build_skill_map(pool_q, label)
+        teacher = make_teacher(replace(cfg, seed=cfg.seed + 1))
+        items, stats = stat_syn(
+            per_q,
+            skill_map,
+            pool_q,
+            teacher,
+            rng,
+            questions_per_pair=cfg.questions_per_pair,
+            n_solutions=cfg.n_solutions,
+            min_agree=cfg.min_agree,
+            target_unique=cfg.syn_target_unique,
+            forbidden=sets.questions(),
+        )
+        info.update(stats)
+        info["kept_wrong_solutions"] = sum(parse_question(q).solution != s for q, s in items)
+    else:
+        raise ValueError(cfg.method)
+    info["before_budget"] = len(items)
+    info["unique_questions"] = len({q for q, _ in items})
+    items = fill_budget(items, cfg.budget, rng)
+    hist = skill_histogram([q for q, _ in items], label)
+    info["skill_histogram"] = {s: hist.get(s, 0) for s in SKILLS}
+    if run.is_main:
+        atomic_write_text(
+            "".join(json.dumps({"question": q, "solution": s}) + "\n" for q, s in items), run.dir / "train_set.jsonl"
+        )
+    return items, info
+
+
+def main(argv=None) -> None:
+    cfg = parse_cli(Config, PRESETS, argv, description=__doc__)
+    if cfg.task == "math":
+        from papers.stat.fullscale import run_math
+
+        return run_math(cfg)
+    torch.set_num_threads(cfg.threads)
+    t_start = time.time()
+    sets = make_eval_sets(cfg, cfg.seed)
+    base, prof = base_stage(cfg, sets, t_start)
+    if cfg.method == "base":
+        return
+    run = start(cfg, PAPER)
+    pool = make_pool(cfg, sets, cfg.seed)
+    items, info = build_train_set(cfg, prof, pool, sets, run)
+    ft_steps = cfg.ft_epochs * math.ceil(cfg.budget / cfg.global_batch)
+    order = []
+    for e in range(cfg.ft_epochs):
+        perm = list(range(len(items)))
+        random.Random(40_000 + 97 * cfg.seed + e).shuffle(perm)
+        order.extend(perm)
+    per_step = cfg.global_batch
+
+    def batches(step):
+        idx = order[(step * per_step) % len(order) :][:per_step]
+        idx = idx[run.accelerator.process_index :: run.world_size]
+        return [items[i] for i in idx]
+
+    t_ft = time.time()
+    model = build_student(cfg.student_layers, cfg.student_dim, cfg.student_heads, cfg.context)
+    model.load_state_dict(base.state_dict())
+    train_loop(run, cfg, model, batches, ft_steps, cfg.ft_lr, run.dir / "checkpoints", cfg.method)
+    model = run.accelerator.unwrap_model(model)
+    train_time = time.time() - t_ft
+    if run.is_main:
+        save_student(model, run.dir / "student")
+        metrics = evaluate(model, sets, CharCodec(), prof["missing"])
+        rec = make_record(
+            paper=PAPER,
+            preset=cfg.preset,
+            method=cfg.method,
+            seed=cfg.seed,
+            benchmark=BENCHMARK,
+            dataset="arith (embedded)",
+            metrics=metrics,
+            protocol=protocol(cfg, prof["missing"]),
+            config=cfg,
+            wall_time_s=time.time() - t_start,
+            train_wall_time_s=train_time,
+            peak_memory_mb=peak_memory_mb(),
+            extra={"train_set": info, "profile": prof["profile"]},
+        )
+        path = write_record(rec, cfg.results_dir)
+        atomic_write_json(metrics, run.dir / "metrics_final.json")
+        print(json.dumps({k: round(v, 2) for k, v in metrics.items()}, indent=1))
+        print(f"record: {path}\nstudent: {run.dir / 'student'}\nwall time: {time.time() - t_start:.0f}s")
+    run.finish()
+
+
+def _plot_curve(curve, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    if curve:
+        ax.plot(*zip(*curve), marker="o")
+    ax.set_xlabel("base SFT step")
+    ax.set_ylabel("P-val accuracy (%)")
+    ax.set_title("saturation of the base student")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_profile(prof: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = Counter(prof["profile"])
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.barh([s for s in SKILLS], [counts.get(s, 0) for s in SKILLS])
+    ax.set_xlabel("f(s): difficult val questions missing s")
+    ax.set_title("Missing-Skill-Profile (Fig. 2 analogue)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
