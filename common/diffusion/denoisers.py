@@ -67,7 +67,13 @@ class MLPDenoiser(nn.Module):
         self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(100.0), emb)), persistent=False)
 
     def config(self) -> dict:
-        return {"dim": self.dim, "width": self.width, "depth": self.depth, "sigma_data": self.sigma_data, "emb": self.emb}
+        return {
+            "dim": self.dim,
+            "width": self.width,
+            "depth": self.depth,
+            "sigma_data": self.sigma_data,
+            "emb": self.emb,
+        }
 
     def forward(self, x, sigma, cond=None, return_features=False):
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])

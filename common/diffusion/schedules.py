@@ -9,7 +9,6 @@ Left out: flow-matching schedules (only the x_t formula is given in `flow_interp
 
 from __future__ import annotations
 
-
 import torch
 
 __all__ = [
@@ -180,5 +179,3 @@ def edm_loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
 def lognormal_sigma(n, p_mean=-1.2, p_std=1.2, generator=None, device="cpu"):
     """EDM training distribution ln sigma ~ N(P_mean, P_std^2) (EDM Table 1)."""
     return (torch.randn(n, generator=generator) * p_std + p_mean).exp().to(device)
-
-

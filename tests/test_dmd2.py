@@ -1,0 +1,95 @@
+"""DMD2: every preset's smoke twin through the real entry point, resume, bad input, and the exported student."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _run(args, tmp_path, check=True):
+    cmd = [
+        sys.executable,
+        "-m",
+        "papers.dmd2.train",
+        *args,
+        "--set",
+        f"out_dir={tmp_path}/runs",
+        f"results_dir={tmp_path}/res",
+        f"cache_dir={tmp_path}/cache",
+    ]
+    p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+def _records(tmp_path, preset):
+    return [json.loads(f.read_text()) for f in sorted((tmp_path / "res" / "dmd2" / preset).glob("*.json"))]
+
+
+def test_toy2d_smoke_records_resume_and_export(tmp_path):
+    _run(["--preset", "toy2d-smoke"], tmp_path)
+    recs = _records(tmp_path, "toy2d-smoke")
+    assert {r["method"] for r in recs} == {"dmd2", "teacher (analytic, ODE)"}
+    student = next(r for r in recs if r["method"] == "dmd2")
+    assert student["nfe"] == 1 and student["sampling_throughput"] > 0 and "SWD" in student["metrics"]
+    run_dir = tmp_path / "runs" / "dmd2" / "toy2d-smoke" / "dmd2-seed0"
+    assert (run_dir / "samples.png").is_file() and (run_dir / "student" / "model.safetensors").is_file()
+    # re-running resumes from the final checkpoint (no iteration is repeated)
+    p = _run(["--preset", "toy2d-smoke"], tmp_path)
+    assert "0/3" not in p.stderr.replace("3/3", "")
+    from common.diffusion.teachers import load_small_denoiser
+
+    net = load_small_denoiser(run_dir / "student", expect={"kind": "mlp"})
+    assert net.dim == 2
+
+
+@pytest.mark.parametrize("preset", ["digits-smoke", "imagenet64-smoke"])
+def test_image_smoke(preset, tmp_path):
+    _run(["--preset", preset], tmp_path)
+    recs = _records(tmp_path, preset)
+    assert any(r["method"] == "dmd2" for r in recs)
+
+
+@pytest.mark.parametrize("preset", ["sd15-smoke", "sdxl-smoke", "sdxl4-smoke"])
+def test_sd_smoke_exports_loadable_pipeline(preset, tmp_path):
+    _run(["--preset", preset], tmp_path)
+    run_dir = tmp_path / "runs" / "dmd2" / preset / "dmd2-seed0"
+    code = (
+        "import sys, torch; from diffusers import DiffusionPipeline;"
+        f"p = DiffusionPipeline.from_pretrained(r'{run_dir / 'pipeline'}');"
+        "ts = p.scheduler.config.get('dmd2_timesteps');"
+        "out = p(prompt='a cat', num_inference_steps=len(ts), timesteps=ts, guidance_scale=0.0, "
+        "height=64, width=64, output_type='np', generator=torch.Generator().manual_seed(0));"
+        "print('SHAPE', out.images.shape, type(p).__name__)"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "SHAPE (1, 64, 64, 3)" in p.stdout, p.stdout[-2000:] + p.stderr[-3000:]
+
+
+def test_bad_inputs_fail_clearly(tmp_path):
+    p = _run(["--preset", "no-such-preset"], tmp_path, check=False)
+    assert p.returncode == 2 and "does not exist" in p.stderr
+    p = _run(["--preset", "digits-smoke", "--set", f"teacher_path={tmp_path}/nothing"], tmp_path, check=False)
+    assert p.returncode != 0 and "does not exist" in p.stderr
+    p = _run(["--preset", "toy2d-smoke", "--set", "gen_lr=1e30", "fake_lr=1e30"], tmp_path, check=False)
+    assert p.returncode != 0 and ("non-finite" in p.stderr or "is nan" in p.stderr or "is inf" in p.stderr)
+    assert not list((tmp_path / "res").rglob("*.json")) if (tmp_path / "res").exists() else True
+
+
+def test_claims_definitions_share_budgets():
+    from papers.dmd2.claims import CLAIM_SETS, CLAIMS
+
+    for c, (_, _, variants) in CLAIMS.items():
+        budgets = {
+            (v.get("steps", CLAIM_SETS[c].get("steps")), v.get("ttur_ratio", CLAIM_SETS[c].get("ttur_ratio")))
+            for v in variants.values()
+        }
+        gen_steps = {int(s) // int(r) for s, r in budgets}
+        assert len(gen_steps) == 1, (c, budgets)  # same number of generator updates for every variant
