@@ -172,6 +172,27 @@ class Run:
             torch.distributed.destroy_process_group()
 
 
+# Keys that may change when a run is resumed (extend training, log or checkpoint differently).
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "keep_ckpts", "trackers", "results_dir"})
+
+
+def check_same_run(run_dir: Path, cfg_dict: dict) -> None:
+    """Refuse to resume a run folder that holds a run of a different configuration."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    cfg_dict = json.loads(json.dumps(cfg_dict, default=str))  # tuples become lists, as on disk
+    differ = sorted(k for k in set(old) | set(cfg_dict) if k not in RESUMABLE_CHANGES and old.get(k) != cfg_dict.get(k))
+    if differ:
+        print(
+            f"error: {run_dir} holds a run with a different config ({', '.join(differ)} differ); "
+            "choose another folder with --set run_name=NAME or delete it",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
 def start(cfg, paper: str) -> Run:
     """Build the Accelerator from cfg, seed, create the run folder and describe it on disk."""
     from accelerate import Accelerator
@@ -191,6 +212,7 @@ def start(cfg, paper: str) -> Run:
     )
     assert per_device * accum * accelerator.num_processes == cfg.global_batch, "global batch contract violated"
     seed_everything(cfg.seed)
+    check_same_run(run_dir, config_to_dict(cfg))
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(config_to_dict(cfg), run_dir / "config.json")

@@ -81,4 +81,4 @@ def test_help_lists_keys_and_presets():
     out = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "tiny_train.py"), "--help"], capture_output=True, text=True, timeout=120
     ).stdout
-    assert "presets: tiny" in out and "crash_after" in out and "global_batch" in out
+    assert "presets: tiny" in out and "ckpt_every" in out and "global_batch" in out

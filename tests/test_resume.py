@@ -1,5 +1,6 @@
 """A run killed after a checkpoint and resumed by the same command ends with the same parameters."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +11,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "tiny_train.py"
 
 
-def run(out_dir, *extra):
+def run(out_dir, *extra, crash_after=0):
+    env = {**os.environ, "TINY_CRASH_AFTER": str(crash_after)}
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--set", f"out_dir={out_dir}", *extra],
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
     )
 
 
@@ -26,7 +29,7 @@ def final_state(out_dir):
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert run(straight).returncode == 0
-    killed = run(broken, "crash_after=12")  # dies at step 12; last checkpoint at step 10
+    killed = run(broken, crash_after=12)  # dies at step 12; last checkpoint at step 10
     assert killed.returncode != 0
     ckpts = sorted((broken / "tiny" / "tiny" / "default-seed0" / "checkpoints").glob("ckpt-*.pt"))
     assert [p.name for p in ckpts] == ["ckpt-00000005.pt", "ckpt-00000010.pt"]
@@ -43,3 +46,10 @@ def test_checkpoints_rotate_and_no_temp_files_left(tmp_path):
     folder = tmp_path / "tiny" / "tiny" / "default-seed0" / "checkpoints"
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["ckpt-00000015.pt", "ckpt-00000018.pt"]
+
+
+def test_rerun_with_a_different_config_is_refused(tmp_path):
+    assert run(tmp_path, "steps=5").returncode == 0
+    assert run(tmp_path, "steps=10").returncode == 0  # extending a run is a resume
+    other = run(tmp_path, "lr=0.5")
+    assert other.returncode == 2 and "lr differ" in other.stderr

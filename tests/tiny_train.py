@@ -5,7 +5,8 @@
 
 It exercises everything a paper's train.py uses: config CLI, Accelerator with gradient accumulation, a data stream
 whose position is checkpointed, dropout (global RNG), AdamW, an LR schedule, an EMA copy and rotating checkpoints.
-``crash_after`` ends the process abruptly (os._exit) after that many steps of this invocation, like a kill.
+The environment variable TINY_CRASH_AFTER=N ends the process abruptly (os._exit) after N steps of this invocation,
+like a kill, without changing the command.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from common.launch import start
 class Config(BaseConfig):
     lr: float = cfg_field(1e-2, "AdamW learning rate", min=0.0)
     ema: float = cfg_field(0.9, "EMA decay", min=0.0, max=1.0)
-    crash_after: int = cfg_field(0, "exit abruptly after this many steps of this invocation (0 = never)", min=0)
 
 
 PRESETS = {"tiny": Config(steps=20, global_batch=8, log_every=5, ckpt_every=5)}
@@ -50,6 +50,7 @@ def main(argv=None):
     ckpt = Checkpointer(run.dir / "checkpoints", keep=cfg.keep_ckpts, accelerator=acc)
     objects = {"model": model, "ema": ema, "opt": opt, "sched": sched, "data": data_gen}
     start_step, _ = ckpt.resume(objects)
+    crash_after = int(os.environ.get("TINY_CRASH_AFTER", "0"))
     done_here = 0
     for step in run.progress(range(start_step, cfg.steps), total=cfg.steps, initial=start_step, desc="tiny"):
         for _ in range(run.grad_accum):
@@ -68,7 +69,7 @@ def main(argv=None):
         if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
             ckpt.save(step + 1, objects)
         done_here += 1
-        if cfg.crash_after and done_here >= cfg.crash_after:
+        if crash_after and done_here >= crash_after:
             os._exit(1)
     if run.is_main:
         final = {"model": acc.unwrap_model(model).state_dict(), "ema": ema.state_dict(), "world": run.world_size}
