@@ -304,3 +304,36 @@ def test_cli_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--preset", "arith", "--set", "min_agree=4"])
     assert e.value.code == 2
+
+
+def test_math_smoke_lora_adapter_and_merge(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from papers.stat.fullscale import merge
+    from papers.stat.train import main
+
+    main(
+        [
+            "--preset",
+            "math-smoke",
+            "--set",
+            f"out_dir={tmp_path}/runs",
+            f"results_dir={tmp_path}/raw",
+            "method=stat_syn",
+        ]
+    )
+    rec = json.loads((tmp_path / "raw/stat/math-smoke/stat_syn-seed0.json").read_text())
+    assert set(rec["metrics"]) == {"acc/math500", "acc/gsm8k"} and rec["extra"]["train_set"]["kept_questions"] > 0
+    run = tmp_path / "runs/stat/math-smoke/stat_syn-seed0"
+    assert len((run / "train_set.jsonl").read_text().splitlines()) == 12  # math_budget of the smoke twin
+    merge(str(run / "adapter"), str(tmp_path / "merged"))
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged").config.model_type == "llama"
+
+
+def test_boxed_answer_checker():
+    from papers.stat.mathtext import is_equiv, last_boxed
+
+    assert last_boxed("so \\boxed{\\frac{1}{2}} and \\boxed{3}") == "3"
+    assert last_boxed("x = \\boxed{\\frac{a}{b^{2}}}.") == "\\frac{a}{b^{2}}"
+    assert is_equiv("\\dfrac{1}{2}", "0.5") and is_equiv("1,000", "1000") and is_equiv("x=5", "5")
+    assert is_equiv("\\left(1,2\\right)", "(1,2)") and not is_equiv("3", "4") and not is_equiv(None, "4")
