@@ -397,7 +397,9 @@ def export_pipeline(cfg, S, G, path: Path) -> Path:
 
     from common.diffusion.teachers import _save_dir_atomic
 
-    sched = LCMScheduler.from_config(S.extra["scheduler"].config, timestep_spacing="trailing")
+    sched = LCMScheduler.from_config(
+        S.extra["scheduler"].config, timestep_spacing="trailing", steps_offset=1, original_inference_steps=1000
+    )
     sched.register_to_config(dmd2_timesteps=list(S.student_steps))
     unet = copy.deepcopy(G.unet).eval()
     vae, toks, encs = S.extra["vae"], S.extra["toks"], S.extra["encs"]
