@@ -75,16 +75,16 @@ CLAIM_SETS = {
         "teacher_weight_tilt": "0.5",
         "ttur_ratio": "5",
         "steps": str(GEN_STEPS * 5),
-        "gen_lr": "1e-4",
-        "fake_lr": "1e-4",
+        "gen_lr": "1e-3",
+        "fake_lr": "1e-3",
     },
     3: {
         "student_steps": "999,749,499,249",
         "gan": "false",
         "ttur_ratio": "5",
         "steps": str(GEN_STEPS * 5),
-        "gen_lr": "1e-4",
-        "fake_lr": "1e-4",
+        "gen_lr": "1e-3",
+        "fake_lr": "1e-3",
     },
 }
 
