@@ -85,10 +85,14 @@ def test_missing_skill_profile_counts_questions_not_labels():
 def test_oracle_teacher_names_first_wrong_steps():
     p = Problem(37, (("+", 48), ("-", 29), ("%", 7), ("*", 3)))
     t = OracleTeacher(label_noise=0.0, max_missing=2)
-    wrong = "37+48=85;85-29=54;54%7=5;5*3=15;#15"  # borrow slip, then propagated errors
-    assert t.missing_skills(p.question, wrong) == ["sub-borrow", "mod"]
+    wrong = "37+48=85;85-29=54;54%7=5;5*3=15;#15"  # a borrow slip; later steps are right given it
+    assert t.missing_skills(p.question, wrong) == ["sub-borrow"]
+    two = "37+48=85;85-29=54;54%7=4;4*3=12;#12"  # a borrow slip and a remainder slip
+    assert t.missing_skills(p.question, two) == ["sub-borrow", "mod"]
+    assert t.missing_skills(p.question, "37+48=85;85-29=56;56%7=0;#0") == ["mul-1digit"]  # missing step
     assert t.missing_skills(p.question, p.solution) == []
     noisy = OracleTeacher(label_noise=1.0, max_missing=1, seed=3)
+    wrong = "37+48=85;85-29=54;54%7=5;5*3=15;#15"
     for _ in range(20):  # a noisy label is always another skill of the same problem
         (s,) = noisy.missing_skills(p.question, wrong)
         assert s in p.skills and s != "sub-borrow"
@@ -337,3 +341,39 @@ def test_boxed_answer_checker():
     assert last_boxed("x = \\boxed{\\frac{a}{b^{2}}}.") == "\\frac{a}{b^{2}}"
     assert is_equiv("\\dfrac{1}{2}", "0.5") and is_equiv("1,000", "1000") and is_equiv("x=5", "5")
     assert is_equiv("\\left(1,2\\right)", "(1,2)") and not is_equiv("3", "4") and not is_equiv(None, "4")
+
+
+def test_arith_long_smoke_shares_one_base_across_seeds(tmp_path):
+    from papers.stat.claims import main as claims
+    from papers.stat.train import main
+
+    main(
+        [
+            "--preset",
+            "arith-long-smoke",
+            "--set",
+            f"out_dir={tmp_path}/runs",
+            f"results_dir={tmp_path}/raw",
+            "seed=1",
+            "method=sft",
+        ]
+    )
+    runs = tmp_path / "runs/stat/arith-long-smoke"
+    assert (runs / "base-seed0/student/config.json").exists() and not (runs / "base-seed1/student").exists()
+    assert (runs / "base-seed1/profile.json").exists()  # each seed has its own profile on its own val set
+    recs = sorted(p.name for p in (tmp_path / "raw/stat/arith-long-smoke").glob("*.json"))
+    assert recs == ["base-seed1.json", "sft-seed1.json"]
+    claims(
+        [
+            "--preset",
+            "arith-long-smoke",
+            "--seeds",
+            "1",
+            "--summary-only",
+            "--results-dir",
+            f"{tmp_path}/raw",
+            "--out-dir",
+            f"{tmp_path}/runs",
+        ]
+    )
+    assert "Saturation check" in (runs / "claims_summary.md").read_text()

@@ -27,12 +27,12 @@ from pathlib import Path
 from papers.stat.arith import SKILLS
 from papers.stat.config import PRESETS
 
-METHODS = ("sft", "hard", "embed_sel", "stat_sel", "stat_syn")
+METHODS = ("sft", "stat_sel", "stat_syn", "embed_sel", "hard")
 
 
 def run_all(preset: str, seeds, methods, results_dir: str, extra: list[str]) -> None:
-    for seed in seeds:
-        for method in methods:
+    for method in methods:  # method-major: the key comparison completes first
+        for seed in seeds:
             path = Path(results_dir) / "stat" / preset / f"{method}-seed{seed}.json"
             if path.exists():
                 print(f"[claims] {path} exists, skipped", flush=True)
@@ -78,7 +78,7 @@ def summarize(preset: str, seeds, results_dir: str) -> str:
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for m in order:
         row = [m, str(len(recs[m]))]
-        for key in ("acc_test", "acc_missing_skills", "acc_other_skills", "acc_ood_5step"):
+        for key in ("acc_test", "acc_rare_skills", "acc_missing_skills", "acc_other_skills", "acc_ood_5step"):
             vals = [r["metrics"].get(key) for r in recs[m].values() if key in r["metrics"]]
             deltas = [
                 r["metrics"][key] - base[s]["metrics"][key]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from papers.stat.arith import SKILLS, Generator, Problem
+from papers.stat.arith import RARE_SKILLS, SKILLS, Generator, Problem
 from papers.stat.model import CharCodec, greedy_solve
 
 PAPER = "stat"
@@ -88,6 +88,7 @@ def evaluate(model, sets: EvalSets, codec: CharCodec, missing: list[str] | None 
     metrics["acc_test"] = 100 * accuracy(sets.test, sols)
     for s, ps in sets.per_skill.items():
         metrics[f"acc_skill/{s}"] = 100 * accuracy(ps, greedy_solve(model, [p.question for p in ps], codec))
+    metrics["acc_rare_skills"] = float(np.mean([metrics[f"acc_skill/{s}"] for s in RARE_SKILLS]))
     metrics["acc_skill_mean"] = float(np.mean([metrics[f"acc_skill/{s}"] for s in SKILLS]))
     if missing:
         metrics["acc_missing_skills"] = float(np.mean([metrics[f"acc_skill/{s}"] for s in missing]))
@@ -106,6 +107,8 @@ def protocol(cfg, missing: list[str] | None) -> dict:
         "per_skill": f"{cfg.skill_test_size} chains per skill, each containing the skill",
         "ood": f"{cfg.ood_size} chains of 5 steps",
         "missing_skills": missing or [],
+        "rare_skills": list(RARE_SKILLS),
+        "base_seed": cfg.base_seed if cfg.base_seed >= 0 else cfg.seed,
         "budget_qa_pairs": cfg.budget,
         "ft_epochs": cfg.ft_epochs,
         "ft_lr": cfg.ft_lr,

@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Protocol
 
-from papers.stat.arith import SKILLS, Generator, Problem, parse_question
+from papers.stat.arith import SKILLS, Generator, Problem, apply_op, parse_question, skill_of
 
 
 class Teacher(Protocol):
@@ -50,11 +50,29 @@ class Teacher(Protocol):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def first_wrong_steps(problem: Problem, solution: str, k: int) -> list[int]:
-    """Indices of the first ``k`` solution steps that differ from the canonical ones (missing steps count)."""
+def first_wrong_steps(problem: Problem, solution: str, k: int) -> list[tuple[int, str]]:
+    """(index, skill) of the first ``k`` steps the student got wrong *locally*.
+
+    A step is wrong when its line is missing or unreadable, copies the wrong operator, operand or carried value,
+    or computes a wrong result from its own inputs; a step that is right given an earlier mistake is not blamed
+    (the teacher diagnoses the failed skill, not the propagated error). The skill is that of the operation the
+    student actually attempted (its own operands), else the canonical step's skill.
+    """
     lines = solution.split(";")
-    canon = problem.step_lines()[:-1]
-    wrong = [i for i, c in enumerate(canon) if i >= len(lines) or lines[i] != c]
+    canon_skills = problem.skills
+    wrong, prev = [], problem.start
+    for i, (op, b) in enumerate(problem.ops):
+        m = re.fullmatch(r"(\d+)([-+*/%M])(\d+)=(\d+)", lines[i]) if i < len(lines) else None
+        if m is None:
+            wrong.append((i, canon_skills[i]))
+            prev = None
+            continue
+        a, op2, b2, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        if op2 != op or b2 != b or (prev is not None and a != prev):
+            wrong.append((i, canon_skills[i]))
+        elif apply_op(a, op, b) != c:
+            wrong.append((i, skill_of(a, op, b)))
+        prev = c
     return wrong[:k]
 
 
@@ -95,11 +113,10 @@ class OracleTeacher:
         if solution == p.solution:
             return []  # <judge>correct</judge>
         wrong = first_wrong_steps(p, solution, self.max_missing)
-        if not wrong:  # steps right but the final line wrong
-            wrong = [len(skills) - 1]
+        if not wrong:  # every step right but the answer line wrong: blame the last step
+            wrong = [(len(skills) - 1, skills[-1])]
         out = []
-        for i in wrong:
-            s = skills[i]
+        for _, s in wrong:
             if self.rng.random() < self.label_noise:
                 others = [x for x in skills if x != s] or list(SKILLS)
                 s = self.rng.choice(others)
@@ -128,8 +145,6 @@ class OracleTeacher:
             slip = self.rng.randrange(len(p.ops))
             lines = []
             for i, (op, b) in enumerate(p.ops):
-                from papers.stat.arith import apply_op
-
                 r = apply_op(vals[-1], op, b)
                 if i == slip:
                     r = max(0, r + self.rng.choice([-10, -2, -1, 1, 2, 10]))

@@ -118,43 +118,59 @@ def make_pool(cfg, sets, seed: int) -> list:
     return gen.sample_many(cfg.pool_size, random.Random(20_000 + seed))
 
 
+def train_base(cfg: Config) -> Path:
+    """Train the base student of ``cfg.seed`` by plain SFT on fresh samples of P (cached: skipped when saved)."""
+    bcfg = replace(cfg, method="base", run_name="")
+    folder = Path(cfg.out_dir) / PAPER / bcfg.resolved_run_name / "student"
+    if (folder / "config.json").exists():
+        return folder
+    run = start(bcfg, PAPER)
+    sets = make_eval_sets(cfg, cfg.seed)
+    codec = CharCodec()
+    model = build_student(cfg.student_layers, cfg.student_dim, cfg.student_heads, cfg.context)
+    gen = Generator(max_value=cfg.max_value, exclude=sets.questions())
+    val_sub = sets.val[: min(500, len(sets.val))]
+    curve = []
+
+    def batches(step):  # fresh samples of P every step: plain SFT with unlimited data
+        rng = random.Random(hash((cfg.seed, step, run.accelerator.process_index)) & 0xFFFFFFFF)
+        return [(p.question, p.solution) for p in gen.sample_many(run.per_device_batch * run.grad_accum, rng)]
+
+    def on_step(step, m):
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            from papers.stat.eval import accuracy
+
+            acc = 100 * accuracy(val_sub, greedy_solve(m, [p.question for p in val_sub], codec))
+            curve.append((step, acc))
+            run.log(step, **{"base/acc_val": acc})
+            m.train()
+
+    train_loop(run, bcfg, model, batches, cfg.steps, cfg.lr, run.dir / "checkpoints", "base", on_step)
+    model = run.accelerator.unwrap_model(model)
+    if run.is_main:
+        prev = run.dir / "saturation_curve.json"  # a resumed run keeps the points logged before the restart
+        if prev.exists():
+            curve = sorted(set(map(tuple, json.loads(prev.read_text())["curve"])) | set(curve))
+        save_student(model, folder)
+        atomic_write_json({"curve": curve}, prev)
+        _plot_curve(curve, run.dir / "saturation_curve.png")
+    run.finish()
+    return folder
+
+
 def base_stage(cfg: Config, sets, t_start: float):
-    """Train (or load) the saturated base, evaluate it, build the Missing-Skill-Profile; returns (model, profile)."""
+    """Load (training if needed) the saturated base, build this seed's Missing-Skill-Profile, write its record."""
+    base_seed = cfg.base_seed if cfg.base_seed >= 0 else cfg.seed
+    folder = train_base(replace(cfg, seed=base_seed))
     bcfg = replace(cfg, method="base", run_name="")
     run = start(bcfg, PAPER)
-    folder = run.dir / "student"
     codec = CharCodec()
-    if not (folder / "config.json").exists():
-        model = build_student(cfg.student_layers, cfg.student_dim, cfg.student_heads, cfg.context)
-        gen = Generator(max_value=cfg.max_value, exclude=sets.questions())
-        val_sub = sets.val[: min(500, len(sets.val))]
-        curve = []
-
-        def batches(step):  # fresh samples of P every step: plain SFT with unlimited data
-            rng = random.Random(hash((cfg.seed, step, run.accelerator.process_index)) & 0xFFFFFFFF)
-            return [(p.question, p.solution) for p in gen.sample_many(run.per_device_batch * run.grad_accum, rng)]
-
-        def on_step(step, m):
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                from papers.stat.eval import accuracy
-
-                acc = 100 * accuracy(val_sub, greedy_solve(m, [p.question for p in val_sub], codec))
-                curve.append((step, acc))
-                run.log(step, **{"base/acc_val": acc})
-                m.train()
-
-        train_loop(run, bcfg, model, batches, cfg.steps, cfg.lr, run.dir / "checkpoints", "base", on_step)
-        model = run.accelerator.unwrap_model(model)
-        if run.is_main:
-            save_student(model, folder)
-            atomic_write_json({"curve": curve}, run.dir / "saturation_curve.json")
-            _plot_curve(curve, run.dir / "saturation_curve.png")
     model = load_student(folder)
     profile_path = run.dir / "profile.json"
     if not profile_path.exists():
-        profile_path_data = build_profile(cfg, model, sets, codec)
-        atomic_write_json(profile_path_data, profile_path)
-        _plot_profile(profile_path_data, run.dir / "missing_skill_profile.png")
+        profile_data = build_profile(cfg, model, sets, codec)
+        atomic_write_json(profile_data, profile_path)
+        _plot_profile(profile_data, run.dir / "missing_skill_profile.png")
     prof = json.loads(profile_path.read_text())
     rec_path = Path(cfg.results_dir) / PAPER / cfg.preset / f"base-seed{cfg.seed}.json"
     if run.is_main and not rec_path.exists():
@@ -165,18 +181,22 @@ def base_stage(cfg: Config, sets, t_start: float):
             preset=cfg.preset,
             method="base",
             seed=cfg.seed,
-            benchmark=BENCHMARK,
+            benchmark=benchmark(cfg),
             dataset="arith (embedded)",
             metrics=metrics,
             protocol=protocol(bcfg, prof["missing"]),
             config=bcfg,
             wall_time_s=time.time() - t_start,
             peak_memory_mb=peak_memory_mb(),
-            extra={"profile": prof["profile"]},
+            extra={"profile": prof["profile"], "base_student": str(folder)},
         )
         write_record(rec, cfg.results_dir)
     run.finish()
     return model, prof
+
+
+def benchmark(cfg) -> str:
+    return f"{BENCHMARK} ({cfg.preset})"
 
 
 def build_profile(cfg, model, sets, codec) -> dict:
