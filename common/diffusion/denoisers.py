@@ -113,7 +113,8 @@ class UNetDenoiser(nn.Module):
         x_in = (bcast(c_in, x) * x).to(self.unet.dtype)
         f = self.unet(x_in, c_noise.to(self.unet.dtype), class_labels=cond).sample.to(x.dtype)
         x0 = bcast(c_skip, x) * x + bcast(c_out, x) * f
-        return (x0, self._hook.feats) if return_features else x0
+        feats, self._hook.feats = self._hook.feats, None  # drop the reference (deepcopy-safe, no stale graph)
+        return (x0, feats) if return_features else x0
 
 
 class EpsUNetDenoiser(nn.Module):
@@ -149,4 +150,5 @@ class EpsUNetDenoiser(nn.Module):
             return eps
         a, s = self.schedule.alpha_sigma(t)
         x0 = x0_from_eps(x, eps, a, s)
-        return (x0, self._hook.feats) if return_features else x0
+        feats, self._hook.feats = self._hook.feats, None  # drop the reference (deepcopy-safe, no stale graph)
+        return (x0, feats) if return_features else x0

@@ -104,7 +104,7 @@ def digits_metrics(x, feat_net, ref_x, ref_y) -> dict:
     with torch.no_grad():
         f_fake = extract_features(x, feat_net)
         f_real = extract_features(ref_x, feat_net)
-        cls = feat_net.head(f_fake).argmax(1)
+        cls = feat_net.head(f_fake.float()).argmax(1)
     hist = torch.bincount(cls, minlength=10).double() / len(cls)
     ref_hist = torch.bincount(ref_y, minlength=10).double() / len(ref_y)
     pr = precision_recall(f_real, f_fake, k=3)
