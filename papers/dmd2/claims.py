@@ -111,37 +111,79 @@ def _record_path(results_dir, claim, method, seed):
     return record_path({"paper": "dmd2", "preset": CLAIMS[claim][0], "method": method, "seed": seed}, results_dir)
 
 
-def summary(results_dir, claims) -> str:
+KEYS = [
+    "SWD",
+    "SWD (best)",
+    "MMD",
+    "mode weight TV",
+    "mode weight TV (best)",
+    "off-mode fraction",
+    "precision",
+    "recall",
+    "oscillation (mean)",
+    "oscillation (2nd moment)",
+]
+
+
+def _table(recs, preset, title, keys) -> list[str]:
+    rows = {}
+    for r in recs:
+        if r["preset"] == preset:
+            rows.setdefault(r["method"], []).append(r["metrics"])
+    if not rows:
+        return []
+    keys = [k for k in keys if any(k in m for ms in rows.values() for m in ms)]
+    out = [f"\n#### {title}\n", "| method | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for m, ms in sorted(rows.items()):
+        cells = []
+        for k in keys:
+            v = torch.tensor([x[k] for x in ms if k in x], dtype=torch.float64)
+            sd = v.std(unbiased=True).item() if len(v) > 1 else 0.0
+            cells.append("-" if len(v) == 0 else f"{v.mean():.3f} ± {sd:.3f}")
+        out.append(f"| {m} | {len(ms)} | " + " | ".join(cells) + " |")
+    return out
+
+
+def summary(results_dir, claims, embedded=False) -> str:
     from common.results import load_records
 
     recs = [r for r in load_records(results_dir) if r["paper"] == "dmd2"]
     lines = []
-    keys = [
-        "SWD",
-        "SWD (best)",
-        "MMD",
-        "mode weight TV",
-        "mode weight TV (best)",
-        "off-mode fraction",
-        "oscillation (mean)",
-        "oscillation (2nd moment)",
-    ]
+    if embedded:
+        lines += _table(recs, "toy2d", "toy2d (embedded default): 1-step student vs exact teacher", KEYS)
+        lines += _table(
+            recs,
+            "digits",
+            "digits 8x8: 1-step student vs EDM teacher",
+            ["FD-digitsCNN", "precision", "recall", "class histogram TV", "throughput vs teacher"],
+        )
     for c in claims:
         preset, bench, _ = CLAIMS[c]
-        rows = {}
-        for r in recs:
-            if r["preset"] == preset:
-                rows.setdefault(r["method"], []).append(r["metrics"])
-        lines.append(f"\n## {bench}\n| method | n | " + " | ".join(keys) + " |")
-        for m, ms in sorted(rows.items()):
-            cells = []
-            for k in keys:
-                v = torch.tensor([x[k] for x in ms if k in x], dtype=torch.float64)
-                cells.append(
-                    "-" if len(v) == 0 else f"{v.mean():.4f} ± {v.std(unbiased=True) if len(v) > 1 else 0:.4f}"
-                )
-            lines.append(f"| {m} | {len(ms)} | " + " | ".join(cells) + " |")
+        lines += _table(recs, preset, bench, KEYS)
     return "\n".join(lines)
+
+
+README = Path(__file__).with_name("README.md")
+
+
+def write_readme(results_dir, readme=README) -> None:
+    """Replace the generated block of papers/dmd2/README.md with the tables from the records."""
+    import tomllib
+
+    from common.results import load_records
+    from results.build import PAPER_NUMBERS, paper_table
+
+    text = readme.read_text()
+    a, b = "<!-- dmd2-results:start -->", "<!-- dmd2-results:end -->"
+    entries = tomllib.loads(PAPER_NUMBERS.read_text()).get("dmd2", [])
+    block = (
+        summary(results_dir, [1, 2, 3], embedded=True)
+        + "\n\n"
+        + "\n".join(paper_table("dmd2", entries, load_records(results_dir)))
+    )
+    head, rest = text.split(a, 1)
+    _, tail = rest.split(b, 1)
+    readme.write_text(f"{head}{a}\n{block.strip()}\n{b}{tail}")
 
 
 def main(argv=None):
@@ -152,6 +194,7 @@ def main(argv=None):
     p.add_argument("--out-dir", default="runs")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the claim runs are small)")
     p.add_argument("--summary", action="store_true", help="only print the tables from existing records")
+    p.add_argument("--readme", action="store_true", help="also regenerate the tables in papers/dmd2/README.md")
     args = p.parse_args(argv)
     if not args.summary:
         torch.set_num_threads(args.threads)
@@ -166,6 +209,8 @@ def main(argv=None):
                     print(f"[claims] claim {c} {method} seed {seed}", flush=True)
                     train_main(_argv(c, method, seed, args.results_dir, args.out_dir))
     text = summary(args.results_dir, args.claims)
+    if args.readme:
+        write_readme(args.results_dir)
     print(text)
     out = Path(args.out_dir) / "dmd2" / "claims_summary.md"
     out.parent.mkdir(parents=True, exist_ok=True)
