@@ -34,6 +34,17 @@ def extract_features(images: torch.Tensor, feature_net: nn.Module, batch_size: i
     return torch.cat([feature_net(b).double() for b in _batches(images, batch_size)])
 
 
+@torch.no_grad()
+def _feed(metric, real, fake, feature_net: nn.Module, batch_size: int):
+    """Stream both image sets through a torchmetrics FID/KID metric in batches."""
+    feature_net.eval()
+    for b in _batches(real, batch_size):
+        metric.update(b, real=True)
+    for b in _batches(fake, batch_size):
+        metric.update(b, real=False)
+    return metric
+
+
 def frechet_distance_gaussians(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2}); the trace of the square root is the sum of the square
     roots of the eigenvalues of S1 S2 (real and non-negative for PSD S1, S2)."""
@@ -52,13 +63,7 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor, feature_net: nn.Mod
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     metric = FrechetInceptionDistance(feature=feature_net, input_img_size=tuple(real.shape[1:]))
-    feature_net.eval()
-    with torch.no_grad():
-        for b in _batches(real, batch_size):
-            metric.update(b, real=True)
-        for b in _batches(fake, batch_size):
-            metric.update(b, real=False)
-    return float(metric.compute())
+    return float(_feed(metric, real, fake, feature_net, batch_size).compute())
 
 
 def kernel_inception_distance(
@@ -69,13 +74,7 @@ def kernel_inception_distance(
 
     size = min(subset_size, len(real), len(fake))
     metric = KernelInceptionDistance(feature=feature_net, subsets=subsets, subset_size=size)
-    feature_net.eval()
-    with torch.no_grad():
-        for b in _batches(real, batch_size):
-            metric.update(b, real=True)
-        for b in _batches(fake, batch_size):
-            metric.update(b, real=False)
-    mean, std = metric.compute()
+    mean, std = _feed(metric, real, fake, feature_net, batch_size).compute()
     return float(mean), float(std)
 
 
