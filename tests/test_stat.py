@@ -295,6 +295,9 @@ def test_arith_smoke_end_to_end_and_resume(tmp_path):
     assert model.config.model_type == "gpt2" and tok("1+2?")["input_ids"] == CharCodec().encode("1+2?")
     lines = (tmp_path / "runs/stat/arith-smoke/stat_syn-seed0/train_set.jsonl").read_text().splitlines()
     assert len(lines) == 48  # exactly the budget
+    from papers.stat.eval import main as eval_main
+
+    eval_main(args + ["method=stat_syn"])  # re-evaluates the saved student folder
     main(args + ["method=stat_sel"])  # reuses the cached base student and profile
     assert (tmp_path / "raw/stat/arith-smoke/stat_sel-seed0.json").exists()
 

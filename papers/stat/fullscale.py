@@ -303,8 +303,8 @@ def build_train_set(cfg, run, train, val_items, val_answers, teacher) -> tuple[l
     info: dict = {}
     pool_q = [r["problem"] for r in train]
     pairs_of = lambda idx: [(train[i]["problem"], train[i]["solution"]) for i in idx]  # noqa: E731
-    if cfg.method == "sft":  # MATH-Train
-        return fill_budget(pairs_of(range(len(train))), cfg.math_budget, rng), info
+    if cfg.method == "sft":  # MATH-Train: its 7.5K pairs once (the paper's one exception to the 9.5K budget)
+        return pairs_of(range(len(train)))[: cfg.math_budget], info
     if cfg.method == "hard":  # MATH-Hard: levels 4-5
         idx = [i for i, r in enumerate(train) if r.get("level") in ("Level 4", "Level 5")] or list(range(len(train)))
         return fill_budget(pairs_of(idx), cfg.math_budget, rng), info
