@@ -104,7 +104,10 @@ class CrossEncoder(_Base):
         """Raw scores of (query, doc) pairs in eval mode, batched, on CPU."""
         was = self.training
         self.eval()
-        out = [self(queries[i : i + batch_size], docs[i : i + batch_size]).float().cpu() for i in range(0, len(queries), batch_size)]
+        out = [
+            self(queries[i : i + batch_size], docs[i : i + batch_size]).float().cpu()
+            for i in range(0, len(queries), batch_size)
+        ]
         self.train(was)
         return torch.cat(out) if out else torch.zeros(0)
 
@@ -120,7 +123,15 @@ class BiEncoder(_Base):
 
     kind = "dot"
 
-    def __init__(self, encoder, tokenizer, max_query_len: int = 30, max_doc_len: int = 200, pooling: str = "cls", compress_dim: int = 0):
+    def __init__(
+        self,
+        encoder,
+        tokenizer,
+        max_query_len: int = 30,
+        max_doc_len: int = 200,
+        pooling: str = "cls",
+        compress_dim: int = 0,
+    ):
         super().__init__(tokenizer, max_query_len, max_doc_len)
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling: {pooling!r} not in ('cls', 'mean')")
@@ -164,7 +175,11 @@ class BiEncoder(_Base):
         path = Path(path)
         self.encoder.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-        meta = {**self._meta(), "pooling": self.pooling, "compress_dim": self.compress.out_features if self.compress else 0}
+        meta = {
+            **self._meta(),
+            "pooling": self.pooling,
+            "compress_dim": self.compress.out_features if self.compress else 0,
+        }
         (path / _META_FILE).write_text(json.dumps(meta))
         if self.compress is not None:
             torch.save(self.compress.state_dict(), path / _HEAD_FILE)
@@ -176,7 +191,15 @@ class ColBERT(_Base):
 
     kind = "colbert"
 
-    def __init__(self, encoder, tokenizer, max_query_len: int = 32, max_doc_len: int = 200, compress_dim: int = 0, augment_queries: bool = True):
+    def __init__(
+        self,
+        encoder,
+        tokenizer,
+        max_query_len: int = 32,
+        max_doc_len: int = 200,
+        compress_dim: int = 0,
+        augment_queries: bool = True,
+    ):
         super().__init__(tokenizer, max_query_len, max_doc_len)
         self.encoder, self.augment_queries = encoder, augment_queries
         self.compress = nn.Linear(encoder.config.hidden_size, compress_dim) if compress_dim else None
@@ -223,7 +246,11 @@ class ColBERT(_Base):
         path = Path(path)
         self.encoder.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-        meta = {**self._meta(), "compress_dim": self.compress.out_features if self.compress else 0, "augment_queries": self.augment_queries}
+        meta = {
+            **self._meta(),
+            "compress_dim": self.compress.out_features if self.compress else 0,
+            "augment_queries": self.augment_queries,
+        }
         (path / _META_FILE).write_text(json.dumps(meta))
         if self.compress is not None:
             torch.save(self.compress.state_dict(), path / _HEAD_FILE)
