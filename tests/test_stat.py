@@ -380,3 +380,17 @@ def test_arith_long_smoke_shares_one_base_across_seeds(tmp_path):
         ]
     )
     assert "Saturation check" in (runs / "claims_summary.md").read_text()
+    main(
+        [
+            "--preset",
+            "arith-long-v5k-smoke",
+            "--set",
+            f"out_dir={tmp_path}/runs",
+            f"results_dir={tmp_path}/raw",
+            "method=stat_sel",
+        ]
+    )  # reuses the base student of arith-long-smoke
+    v5k = tmp_path / "runs/stat/arith-long-v5k-smoke"
+    assert (v5k / "base-seed0/profile.json").exists() and not (v5k / "base-seed0/student").exists()
+    rec = json.loads((tmp_path / "raw/stat/arith-long-v5k-smoke/stat_sel-seed0.json").read_text())
+    assert rec["extra"]["train_set"]["before_budget"] > 0

@@ -73,9 +73,10 @@ def summarize(preset: str, seeds, results_dir: str) -> str:
     order = [m for m in ("base", *METHODS) if m in recs]
     lines = [f"# STAT claims on `{preset}` (seeds {list(seeds)}; mean ± std over seeds)", ""]
     lines.append(
-        "| method | n | P-test acc | Δ vs base | missing-skill acc | Δ | other-skill acc | Δ | OOD 5-step | Δ |"
+        "| method | n | P-test acc | Δ vs base | rare-skill acc | Δ | profiled top-3 acc | Δ | other-skill acc | Δ "
+        "| OOD 5-step | Δ |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in order:
         row = [m, str(len(recs[m]))]
         for key in ("acc_test", "acc_rare_skills", "acc_missing_skills", "acc_other_skills", "acc_ood_5step"):

@@ -48,6 +48,9 @@ class Config(BaseConfig):
     base_seed: int = cfg_field(
         -1, "seed of the base student shared by this run; -1 = this run's seed (one base per seed)", min=-1
     )
+    base_preset: str = cfg_field(
+        "", "reuse the base student of this preset (same student and base-SFT settings); '' = this preset"
+    )
     eval_every: int = cfg_field(500, "base SFT steps between P-val accuracy checks (saturation curve)", min=1)
 
     # --- Stage 1: difficult questions by process reward (Section 3.1 of the paper) ---
@@ -138,6 +141,11 @@ ARITH_LONG = replace(
     ckpt_every=1000,
 )
 
+# Same base as arith-long, but the profile is built on 5000 validation questions, so that the number of difficult
+# ones (~500 at ~90% base accuracy) matches the paper's ~500 per model (Sec. 3.3) and STAT-Sel / STAT-Syn produce
+# enough unique questions for the budget instead of repeating ~100 of them.
+ARITH_LONG_V5K = replace(ARITH_LONG, preset="arith-long-v5k", val_size=5000, base_preset="arith-long")
+
 MATH = Config(
     preset="math",
     task="math",
@@ -162,6 +170,7 @@ def smoke(cfg: Config) -> Config:
     if cfg.task == "arith":
         return replace(
             cfg,
+            base_preset=f"{cfg.base_preset}-smoke" if cfg.base_preset else "",
             preset=f"{cfg.preset}-smoke",
             steps=3,
             global_batch=16,
@@ -207,6 +216,8 @@ PRESETS: dict[str, Config] = {
     "arith-smoke": smoke(ARITH),
     "arith-long": ARITH_LONG,
     "arith-long-smoke": smoke(ARITH_LONG),
+    "arith-long-v5k": ARITH_LONG_V5K,
+    "arith-long-v5k-smoke": smoke(ARITH_LONG_V5K),
     "math": MATH,
     "math-smoke": smoke(MATH),
 }

@@ -161,7 +161,7 @@ def train_base(cfg: Config) -> Path:
 def base_stage(cfg: Config, sets, t_start: float):
     """Load (training if needed) the saturated base, build this seed's Missing-Skill-Profile, write its record."""
     base_seed = cfg.base_seed if cfg.base_seed >= 0 else cfg.seed
-    folder = train_base(replace(cfg, seed=base_seed))
+    folder = train_base(replace(cfg, seed=base_seed, preset=cfg.base_preset or cfg.preset))
     bcfg = replace(cfg, method="base", run_name="")
     run = start(bcfg, PAPER)
     codec = CharCodec()
