@@ -36,6 +36,13 @@ def test_collection_deterministic_and_oracle_consistent():
     assert len(set(r.vocab)) == len(a.vocab) and r.dev_qrels == a.dev_qrels
 
 
+def test_unique_facts_have_one_relevant_passage_and_disjoint_splits():
+    kw = dict(n_passages=100, n_entities=100, n_attributes=10, n_train_queries=50, n_dev_queries=20)
+    c = build_collection(0, entities_per_passage=(6,), facts_per_entity=1, unique_facts=True, **kw)
+    assert all(sum(r == 2 for r in rel.values()) == 1 for rel in c.dev_qrels + c.train_qrels)
+    assert not set(c.train_queries) & set(c.dev_queries)
+
+
 def test_training_losses_see_the_same_lists():
     cfg = PRESETS["embedded-smoke"]
     s = torch.randn(4, 3, requires_grad=True)

@@ -55,6 +55,7 @@ def collection_kwargs(cfg: Config) -> dict:
         entities_per_passage=(cfg.entities_per_passage,),
         facts_per_passage=(4, 6),
         facts_per_entity=cfg.facts_per_entity,
+        unique_facts=cfg.unique_facts,
         topic_words_per_query=(0, 0),
         filler_per_passage=(0, 0),
         with_values=False,
@@ -74,9 +75,13 @@ def build_embedded(cfg: Config) -> Bench:
     rng = np.random.default_rng(cfg.data_seed + 1)
     lists = np.zeros((len(c.train_queries), 1 + cfg.negatives_per_query), dtype=np.int64)
     for i, pos in enumerate(c.train_pos):
-        pool = tr_ids[i][tr_ids[i] != pos]
         lists[i, 0] = pos
-        lists[i, 1:] = rng.choice(pool, size=cfg.negatives_per_query, replace=len(pool) < cfg.negatives_per_query)
+        pool = tr_ids[i][tr_ids[i] != pos]
+        hard = pool[: cfg.negative_depth - 1] if cfg.negative_depth else pool
+        nh = cfg.hard_negatives
+        lists[i, 1 : 1 + nh] = rng.choice(hard, size=nh, replace=len(hard) < nh)
+        rest = cfg.negatives_per_query - nh
+        lists[i, 1 + nh :] = rng.choice(pool, size=rest, replace=len(pool) < rest)
     return Bench(c.passages, c.train_queries, lists, c.dev_queries, c.dev_qrels, dv_ids, dv_sc, c.vocab)
 
 
@@ -138,7 +143,7 @@ def teacher_cache_key(cfg: Config) -> dict:
     keys = [
         "dataset", "data_seed", "n_passages", "n_entities", "n_attributes", "n_train_queries", "n_dev_queries",
         "candidates", "negatives_per_query", "bm25_k1", "bm25_b", "teacher_base", "teacher_layers", "teacher_hidden", "identity_init_layers",
-        "facts_per_entity", "entities_per_passage", "teacher_steps",
+        "facts_per_entity", "entities_per_passage", "unique_facts", "negative_depth", "hard_negatives", "teacher_steps",
         "teacher_lr", "head_lr_mult", "weight_decay", "warmup_steps", "teacher_batch", "max_query_len", "max_doc_len",
         "freeze_embeddings",
     ]  # fmt: skip

@@ -56,6 +56,13 @@ class Config(BaseConfig):
     dot_pooling: str = cfg_field("cls", "DOT pooling: CLS (paper) or mean", choices=("cls", "mean"))
     facts_per_entity: int = cfg_field(2, "embedded: facts per entity in a passage (0 = 4-6 facts per passage)", min=0)
     entities_per_passage: int = cfg_field(3, "embedded: entities per passage", min=1)
+    unique_facts: bool = cfg_field(False, "embedded: each fact stated by one passage (no unlabelled relevant passage)")
+    negative_depth: int = cfg_field(
+        0, "hard negatives are sampled from the BM25 top-N minus the positive (0 = all candidates)", min=0
+    )
+    hard_negatives: int = cfg_field(
+        0, "how many of the negatives_per_query come from the top negative_depth; the rest from all candidates", min=0
+    )
     colbert_dim: int = cfg_field(32, "ColBERT per-token compression dim (0 = hidden size)", min=0)
     freeze_embeddings: bool = cfg_field(False, "freeze word embeddings of pretrained encoders")
     max_query_len: int = cfg_field(30, "query tokens (sheet: 30)", min=2)
@@ -96,6 +103,8 @@ class Config(BaseConfig):
             raise ConfigError("negatives_per_query: kl needs at least one negative")
         if self.student == "cat" and self.loss == "kl":
             pass
+        if self.hard_negatives > self.negatives_per_query:
+            raise ConfigError("hard_negatives: must be <= negatives_per_query")
         if self.candidates > self.n_passages and self.dataset == "embedded":
             raise ConfigError(f"candidates: {self.candidates} > n_passages {self.n_passages}")
 
@@ -132,7 +141,7 @@ def smoke(cfg: Config, **kw) -> Config:
     if cfg.dataset == "embedded":
         base.update(
             n_passages=60,
-            n_entities=12,
+            n_entities=80,
             n_attributes=6,
             n_train_queries=20,
             n_dev_queries=6,
@@ -145,15 +154,17 @@ def smoke(cfg: Config, **kw) -> Config:
 PRESETS: dict[str, Config] = {
     "embedded": Config(
         preset="embedded",
-        # collection (data.py): 3 entities x 2 facts per passage -> many binding distractors for BM25
+        # collection (data.py): 3 entities x 2 facts per passage -> binding distractors that contain both query
+        # words; sparse labels (one designated positive, other relevant passages unlabelled)
         n_passages=5000,
         n_entities=200,
         n_attributes=30,
         entities_per_passage=3,
         facts_per_entity=2,
+        unique_facts=False,
         n_train_queries=20000,
         n_dev_queries=200,
-        candidates=100,  # sheet §6: BM25 top-100
+        candidates=100,  # sheet §6: BM25 top-100; negatives sampled from it
         negatives_per_query=4,
         # tiny from-scratch models (not in the paper: our CPU scale); the packaged MiniLM is selectable instead
         teacher_base="tiny",
@@ -161,7 +172,7 @@ PRESETS: dict[str, Config] = {
         teacher_layers=2,
         identity_init_layers=2,
         teacher="T1",  # the default run trains one teacher; the claims runner adds T2 (3 teachers)
-        teacher_steps=1200,
+        teacher_steps=800,
         teacher_lr=1e-3,
         teacher_batch=32,
         student_base="tiny",
@@ -171,7 +182,7 @@ PRESETS: dict[str, Config] = {
         lr=1e-3,  # not in the paper: our CPU default (tiny models from scratch)
         head_lr_mult=1.0,
         global_batch=16,  # queries per step, each with 1 + negatives_per_query passages
-        steps=300,  # not in the paper: our CPU budget
+        steps=200,  # not in the paper: our CPU budget
         warmup_steps=30,
         log_every=50,
         max_query_len=8,  # embedded queries are 2 words

@@ -67,29 +67,44 @@ def build_collection(
     filler_per_passage: tuple[int, int] = (10, 20),
     with_values: bool = True,
     facts_per_entity: int = 0,
+    unique_facts: bool = False,
 ) -> Collection:
     """Build the collection (margin_mse.md §6). Deterministic in ``seed``."""
     rng = np.random.default_rng(seed)
     n_topic_words = n_topics * words_per_topic
     topic_words = np.arange(n_topic_words).reshape(n_topics, words_per_topic)
 
+    unused = [set(range(n_attributes)) for _ in range(n_entities)]
     passages: list[str] = []
     facts: list[list[tuple[int, int, int]]] = []  # per passage
     topics: list[list[int]] = []
     for _ in range(n_passages):
         n_ent = int(rng.choice(entities_per_passage))
-        ents = rng.choice(n_entities, size=n_ent, replace=False)
-        n_facts = (
-            n_ent * facts_per_entity
-            if facts_per_entity
-            else int(rng.integers(facts_per_passage[0], facts_per_passage[1] + 1))
-        )
-        attrs = rng.choice(n_attributes, size=n_facts, replace=False)
-        fs = []
-        for j, a in enumerate(attrs):
-            # alternate entities so two-entity passages interleave their facts (binding distractors)
-            e = int(ents[j % n_ent])
-            fs.append((e, int(a), int(rng.integers(n_values))))
+        if unique_facts:
+            # every (entity, attribute) fact is stated by one passage only: no relevant passage goes unlabelled
+            fpe = facts_per_entity or 2
+            ok = [e for e in range(n_entities) if len(unused[e]) >= fpe]
+            if len(ok) < n_ent:
+                raise ValueError("unique_facts: not enough unused (entity, attribute) pairs; raise n_entities")
+            ents = [int(e) for e in rng.choice(ok, size=n_ent, replace=False)]
+            per = {e: [int(a) for a in rng.choice(sorted(unused[e]), size=fpe, replace=False)] for e in ents}
+            for e in ents:
+                unused[e] -= set(per[e])
+            # interleaved e1 a e2 a e3 a e1 a ...: facts of different entities alternate
+            fs = [(e, per[e][j], int(rng.integers(n_values))) for j in range(fpe) for e in ents]
+        else:
+            ents = rng.choice(n_entities, size=n_ent, replace=False)
+            n_facts = (
+                n_ent * facts_per_entity
+                if facts_per_entity
+                else int(rng.integers(facts_per_passage[0], facts_per_passage[1] + 1))
+            )
+            attrs = rng.choice(n_attributes, size=n_facts, replace=False)
+            fs = []
+            for j, a in enumerate(attrs):
+                # alternate entities so multi-entity passages interleave their facts (binding distractors)
+                e = int(ents[j % n_ent])
+                fs.append((e, int(a), int(rng.integers(n_values))))
         tps = rng.choice(n_topics, size=1 if rng.random() < 0.5 else 2, replace=False)
         n_fill = int(rng.integers(filler_per_passage[0], filler_per_passage[1] + 1))
         fill = rng.choice(topic_words[tps].ravel(), size=n_fill)
@@ -115,12 +130,24 @@ def build_collection(
             by_pair.setdefault((e, a), set()).add(pid)
             by_entity.setdefault(e, set()).add(pid)
 
+    all_facts = [(pid, j) for pid, fs in enumerate(facts) for j in range(len(fs))]
+    order = rng.permutation(len(all_facts)) if unique_facts else np.zeros(0, dtype=np.int64)
+    used = 0
+
     def make_queries(n: int):
+        nonlocal used
         qs, pos, qrels = [], [], []
-        targets = rng.integers(n_passages, size=n)
-        for pid in targets:
-            pid = int(pid)
-            e, a, _ = facts[pid][int(rng.integers(len(facts[pid])))]
+        if unique_facts:  # each fact is asked once; dev facts are never training facts
+            if used + n > len(order):
+                raise ValueError(f"only {len(order)} facts for {used + n} queries: lower the query counts")
+            picks = [all_facts[i] for i in order[used : used + n]]
+            used += n
+        else:
+            picks = [(int(p), -1) for p in rng.integers(n_passages, size=n)]
+        for pid, j in picks:
+            if j < 0:
+                j = int(rng.integers(len(facts[pid])))
+            e, a, _ = facts[pid][j]
             n_tw = int(rng.integers(topic_words_per_query[0], topic_words_per_query[1] + 1))
             tw = rng.choice(topic_words[topics[pid]].ravel(), size=n_tw, replace=False)
             qs.append(" ".join([f"e{e}", f"a{a}"] + [f"t{t}" for t in tw]))

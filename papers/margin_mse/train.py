@@ -128,6 +128,7 @@ def latency_ms(score_fn, bench, n_queries: int, n_cands: int, batch: int) -> flo
 def evaluate_student(cfg: Config, model, bench) -> dict[str, float]:
     sc = rerank(model, bench.dev_queries, bench.dev_cands, bench.passages, batch_size=cfg.eval_batch)
     out = eval_rerank(sc, bench)
+    out["_scores"] = sc
     out["score_mean"], out["score_std"] = float(sc.mean()), float(sc.std())
     if cfg.student == "dot":  # dense retrieval over the whole collection
         from common.metrics.retrieval import ranking_metrics
@@ -140,6 +141,24 @@ def evaluate_student(cfg: Config, model, bench) -> dict[str, float]:
         m = ranking_metrics(ids, bench.dev_qrels, rel_threshold=2, recall_ks=(cfg.dense_k,))
         out.update({f"dense_{k}": v for k, v in m.items()})
     return out
+
+
+def plot_score_ranges(path: Path, student: torch.Tensor, teacher: torch.Tensor, bm25: np.ndarray, title: str) -> None:
+    """Histograms of dev-candidate scores of BM25, teacher and student (the paper's score-range motivation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3))
+    for a, (name, v) in zip(ax, (("BM25", bm25), ("teacher (CAT)", teacher), ("student", student)), strict=True):
+        a.hist(np.asarray(v).reshape(-1), bins=60, color="tab:blue")
+        a.set_title(name)
+        a.set_xlabel("score")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def label_only_result(cfg: Config, cache: Path) -> dict | None:
@@ -183,6 +202,9 @@ def run_embedded(cfg: Config) -> dict:
     use_teacher = cfg.loss != "ranknet"
     model, train_s = train_student(cfg, run, bench, teacher if use_teacher else None)
     metrics = evaluate_student(cfg, model, bench)
+    dev_scores = metrics.pop("_scores")
+    if run.is_main:
+        plot_score_ranges(run.path("score_ranges.png"), dev_scores, teacher["dev"], bench.dev_bm25, cfg.variant)
     metrics["teacher_score_mean"] = float(teacher["dev"].mean())
     metrics["teacher_score_std"] = float(teacher["dev"].std())
     # latency of re-ranking latency_candidates passages for one query (student vs teacher, same batch size)
