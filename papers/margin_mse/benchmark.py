@@ -114,7 +114,7 @@ def train_teacher(cfg: Config, bench: Bench, seed: int, log=print):
     model = build_teacher(cfg, bench.vocab)
     model.train()
     opt = torch.optim.AdamW(param_groups(model, cfg.teacher_lr, cfg.head_lr_mult, cfg.weight_decay))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.teacher_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.teacher_warmup_steps, cfg.teacher_steps))
     rng = np.random.default_rng(seed)
     nq, k = bench.train_lists.shape[0], bench.train_lists.shape[1] - 1
     for step in range(cfg.teacher_steps):
@@ -144,7 +144,7 @@ def teacher_cache_key(cfg: Config) -> dict:
         "dataset", "data_seed", "n_passages", "n_entities", "n_attributes", "n_train_queries", "n_dev_queries",
         "candidates", "negatives_per_query", "bm25_k1", "bm25_b", "teacher_base", "teacher_layers", "teacher_hidden", "identity_init_layers",
         "facts_per_entity", "entities_per_passage", "unique_facts", "negative_depth", "hard_negatives", "teacher_steps",
-        "teacher_lr", "head_lr_mult", "weight_decay", "warmup_steps", "teacher_batch", "max_query_len", "max_doc_len",
+        "teacher_lr", "head_lr_mult", "weight_decay", "teacher_warmup_steps", "teacher_batch", "max_query_len", "max_doc_len",
         "freeze_embeddings",
     ]  # fmt: skip
     return {k: getattr(cfg, k) for k in keys}

@@ -27,7 +27,6 @@ VARIANTS = {
     "dot-margin_mse-T2": ["student=dot", "loss=margin_mse", "teacher=T2"],
     "dot-margin_mse-T1": ["student=dot", "loss=margin_mse", "teacher=T1"],
     "colbert-ranknet": ["student=colbert", "loss=ranknet"],
-    "colbert-pointwise_mse-T2": ["student=colbert", "loss=pointwise_mse", "teacher=T2"],
     "colbert-margin_mse-T2": ["student=colbert", "loss=margin_mse", "teacher=T2"],
 }
 

@@ -45,13 +45,13 @@ class Config(BaseConfig):
     # --- models ---
     teacher_base: str = cfg_field(MINILM, "teacher CAT encoder: hub name, folder, the package name, or 'tiny'")
     teacher_layers: int = cfg_field(2, "teacher: layers kept from teacher_base, or layers of the tiny BERT", min=0)
-    teacher_hidden: int = cfg_field(64, "tiny teacher: hidden size (heads = hidden / 32)", min=8)
+    teacher_hidden: int = cfg_field(64, "tiny teacher: hidden size (heads = hidden / 16)", min=8)
     identity_init_layers: int = cfg_field(
         2, "tiny cross-encoders: first N attention layers start with query/key = identity (our init, model.py)", min=0
     )
     student_base: str = cfg_field("tiny", "student encoder: hub name, folder, package name, or 'tiny' (random BERT)")
     student_layers: int = cfg_field(2, "student: layers kept from student_base, or layers of the tiny BERT", min=0)
-    student_hidden: int = cfg_field(64, "tiny student: hidden size (heads = hidden / 32)", min=8)
+    student_hidden: int = cfg_field(64, "tiny student: hidden size (heads = hidden / 16)", min=8)
     student: str = cfg_field("dot", "student architecture", choices=("dot", "colbert", "cat"))
     dot_pooling: str = cfg_field("cls", "DOT pooling: CLS (paper) or mean", choices=("cls", "mean"))
     facts_per_entity: int = cfg_field(2, "embedded: facts per entity in a passage (0 = 4-6 facts per passage)", min=0)
@@ -80,6 +80,7 @@ class Config(BaseConfig):
     head_lr_mult: float = cfg_field(10.0, "LR multiplier of new heads (paper: 7e-4 / 7e-6 = 100)", min=0.0)
     weight_decay: float = cfg_field(0.0, "AdamW weight decay (paper: 0)", min=0.0)
     warmup_steps: int = cfg_field(30, "linear warm-up steps, then linear decay to 0", min=0)
+    teacher_warmup_steps: int = cfg_field(100, "teacher: linear warm-up steps, then linear decay to 0", min=0)
     kl_temperature: float = cfg_field(1.0, "kl: teacher and student softmax temperature", min=1e-3)
     # --- evaluation ---
     eval_batch: int = cfg_field(512, "pairs per scoring batch", min=1)
@@ -127,6 +128,7 @@ def smoke(cfg: Config, **kw) -> Config:
         student_hidden=32,
         steps=3,
         teacher_steps=3,
+        teacher_warmup_steps=1,
         global_batch=4,
         warmup_steps=1,
         log_every=1,
@@ -171,8 +173,9 @@ PRESETS: dict[str, Config] = {
         teacher_hidden=64,
         teacher_layers=2,
         identity_init_layers=2,
-        teacher="T1",  # the default run trains one teacher; the claims runner adds T2 (3 teachers)
-        teacher_steps=800,
+        teacher="T1",  # the default run trains one teacher; the claims runner adds T2
+        n_teachers=2,  # T2 = mean of 2 CATs (paper: 3 backbones); our CPU budget
+        teacher_steps=900,
         teacher_lr=1e-3,
         teacher_batch=32,
         student_base="tiny",

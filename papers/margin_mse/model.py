@@ -77,7 +77,7 @@ def build_teacher(
         tok = word_tokenizer(vocab_words)
         h = cfg.student_hidden if student else cfg.teacher_hidden
         n_pos = cfg.max_query_len + cfg.max_doc_len + 3
-        conf = tiny_config("cat", len(tok), hidden=h, layers=max(layers, 1), heads=max(1, h // 32), max_len=n_pos)
+        conf = tiny_config("cat", len(tok), hidden=h, layers=max(layers, 1), heads=max(1, h // 16), max_len=n_pos)
         enc = CrossEncoder.from_config(conf, tok, **lens)
         identity_qk_init(enc.model, cfg.identity_init_layers)
         return enc
@@ -99,7 +99,7 @@ def build_student(cfg: Config, vocab_words: list[str]):
             len(tok),
             hidden=h,
             layers=max(cfg.student_layers, 1),
-            heads=max(1, h // 32),
+            heads=max(1, h // 16),
             max_len=max(cfg.max_query_len, cfg.max_doc_len) + 2,
         )
         encoder = AutoModel.from_config(conf)
