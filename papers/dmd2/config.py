@@ -164,6 +164,7 @@ DIGITS = Config(
     eval_every=0,
     eval_samples=1000,
     log_every=50,
+    num_threads=1,  # on a shared 2-core CPU one thread per process avoids spin-waiting threads
     benchmark="dmd2 / digits 8x8: 1-step student vs teacher",
 )
 
