@@ -140,6 +140,7 @@ TOY2D = Config(
     eval_every=100,
     eval_samples=4096,
     log_every=100,
+    ckpt_every=1000,  # resumable mid-run (cheap for MLPs)
     num_threads=1,  # small MLPs: extra threads only add synchronisation on a shared CPU
     benchmark="dmd2 / toy2d: 1-step student, exact teacher",
 )
@@ -164,6 +165,7 @@ DIGITS = Config(
     eval_every=0,
     eval_samples=1000,
     log_every=50,
+    ckpt_every=250,
     num_threads=1,  # on a shared 2-core CPU one thread per process avoids spin-waiting threads
     benchmark="dmd2 / digits 8x8: 1-step student vs teacher",
 )
