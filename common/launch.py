@@ -10,6 +10,7 @@ Left out: online trackers (only tensorboard is wired, and only on request) and c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -176,14 +177,23 @@ class Run:
 RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "keep_ckpts", "trackers", "results_dir"})
 
 
-def check_same_run(run_dir: Path, cfg_dict: dict) -> None:
-    """Refuse to resume a run folder that holds a run of a different configuration."""
+def check_same_run(run_dir: Path, cfg) -> None:
+    """Refuse to resume a run folder that holds a run of a different configuration.
+
+    A key the folder's config.json lacks (a field added to the code since) counts as unchanged when it holds the
+    field's default.
+    """
     path = run_dir / "config.json"
     if not path.exists():
         return
     old = json.loads(path.read_text())
-    cfg_dict = json.loads(json.dumps(cfg_dict, default=str))  # tuples become lists, as on disk
-    differ = sorted(k for k in set(old) | set(cfg_dict) if k not in RESUMABLE_CHANGES and old.get(k) != cfg_dict.get(k))
+    as_json = lambda d: json.loads(json.dumps(d, default=str))  # noqa: E731 - tuples become lists, as on disk
+    new = as_json(config_to_dict(cfg))
+    defaults = as_json({f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING})
+    for key in set(new) - set(old):
+        if key in defaults:
+            old[key] = defaults[key]
+    differ = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
     if differ:
         print(
             f"error: {run_dir} holds a run with a different config ({', '.join(differ)} differ); "
@@ -212,7 +222,7 @@ def start(cfg, paper: str) -> Run:
     )
     assert per_device * accum * accelerator.num_processes == cfg.global_batch, "global batch contract violated"
     seed_everything(cfg.seed)
-    check_same_run(run_dir, config_to_dict(cfg))
+    check_same_run(run_dir, cfg)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(config_to_dict(cfg), run_dir / "config.json")

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
 SCRIPT = ROOT / "tests" / "tiny_train.py"
 
 
@@ -53,3 +54,26 @@ def test_rerun_with_a_different_config_is_refused(tmp_path):
     assert run(tmp_path, "steps=10").returncode == 0  # extending a run is a resume
     other = run(tmp_path, "lr=0.5")
     assert other.returncode == 2 and "lr differ" in other.stderr
+
+
+def test_new_field_at_its_default_still_resumes(tmp_path):
+    import dataclasses
+    import json
+
+    from tiny_train import PRESETS
+
+    from common.launch import check_same_run
+
+    cfg = dataclasses.replace(PRESETS["tiny"], preset="tiny")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    old = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    del old["ema"]  # a config written before the field existed
+    (folder / "config.json").write_text(json.dumps(old))
+    check_same_run(folder, cfg)  # ema holds its default: same run
+    try:
+        check_same_run(folder, dataclasses.replace(cfg, ema=0.5))
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("a changed new field must be refused")
