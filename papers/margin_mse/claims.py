@@ -48,7 +48,9 @@ def main(argv=None) -> None:
         for seed in args.seeds:
             for name in [n for n in names if n.startswith(arch)]:
                 print(f"=== {name} seed {seed}", flush=True)
-                train_main(["--preset", args.preset, "--set", f"seed={seed}", f"method={name}", *VARIANTS[name], *args.set])
+                train_main(
+                    ["--preset", args.preset, "--set", f"seed={seed}", f"method={name}", *VARIANTS[name], *args.set]
+                )
 
 
 if __name__ == "__main__":
