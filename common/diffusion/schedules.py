@@ -43,7 +43,30 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
     return (hi + i / (n - 1) * (lo - hi)) ** rho
 
 
-class EDMSchedule:
+class _IndexedSchedule:
+    """What both schedules share: a grid of num_steps noise levels addressed by integer index, with
+    ``alpha_sigma(idx)`` defined by the subclass; x_t = alpha * x0 + sigma * eps."""
+
+    num_steps: int
+
+    def alpha_sigma(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def sample_index(self, n, lo_frac=0.0, hi_frac=1.0, generator=None, device="cpu") -> torch.Tensor:
+        """Integer index uniform in [lo_frac*N, hi_frac*N) (DMD2: DM loss 2%-98%, critic 0-100%)."""
+        lo = int(round(lo_frac * self.num_steps))
+        hi = max(lo + 1, min(self.num_steps, int(round(hi_frac * self.num_steps))))
+        return torch.randint(lo, hi, (n,), generator=generator).to(device)
+
+    def add_noise(self, x0, idx, noise):
+        a, s = self.alpha_sigma(idx)
+        return bcast(a, x0) * x0 + bcast(s, x0) * noise
+
+    def max_index(self) -> int:
+        return self.num_steps - 1
+
+
+class EDMSchedule(_IndexedSchedule):
     """VE schedule x_sigma = x0 + sigma * eps on the Karras grid (ascending storage)."""
 
     kind = "edm"
@@ -67,21 +90,8 @@ class EDMSchedule:
     def net_time(self, idx: torch.Tensor) -> torch.Tensor:
         return self.sigmas.to(idx.device)[idx.long()].float()
 
-    def sample_index(self, n, lo_frac=0.0, hi_frac=1.0, generator=None, device="cpu") -> torch.Tensor:
-        """Integer index uniform in [lo_frac*N, hi_frac*N) (DMD2: DM loss 2%-98%, critic 0-100%)."""
-        lo = int(round(lo_frac * self.num_steps))
-        hi = max(lo + 1, min(self.num_steps, int(round(hi_frac * self.num_steps))))
-        return torch.randint(lo, hi, (n,), generator=generator).to(device)
 
-    def add_noise(self, x0, idx, noise):
-        a, s = self.alpha_sigma(idx)
-        return bcast(a, x0) * x0 + bcast(s, x0) * noise
-
-    def max_index(self) -> int:
-        return self.num_steps - 1
-
-
-class VPSchedule:
+class VPSchedule(_IndexedSchedule):
     """Discrete VP/DDPM schedule: abar_t = prod(1 - beta_s), alpha = sqrt(abar), sigma = sqrt(1 - abar)."""
 
     kind = "vp"
@@ -116,18 +126,6 @@ class VPSchedule:
 
     def net_time(self, idx: torch.Tensor) -> torch.Tensor:
         return idx.long()
-
-    def sample_index(self, n, lo_frac=0.0, hi_frac=1.0, generator=None, device="cpu") -> torch.Tensor:
-        lo = int(round(lo_frac * self.num_steps))
-        hi = max(lo + 1, min(self.num_steps, int(round(hi_frac * self.num_steps))))
-        return torch.randint(lo, hi, (n,), generator=generator).to(device)
-
-    def add_noise(self, x0, idx, noise):
-        a, s = self.alpha_sigma(idx)
-        return bcast(a, x0) * x0 + bcast(s, x0) * noise
-
-    def max_index(self) -> int:
-        return self.num_steps - 1
 
 
 # --- conversions (diffusion_common.md §1.3); x0 from eps in float64 as the DMD2 code does ---
