@@ -46,13 +46,14 @@ _LIBS = (
 
 
 def git_commit() -> str:
-    """The commit of the repository, with '-dirty' when tracked files differ from it; 'unknown' outside git."""
+    """The commit of the repository, with '-dirty' when tracked files outside results/ differ from it."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
         if sha.returncode:
             return "unknown"
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # records and the tables built from them are outputs, not code: writing them must not mark runs dirty
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!README.md"],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
