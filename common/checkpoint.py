@@ -2,7 +2,8 @@
 
 One file per checkpoint, ``ckpt-<step>.pt``, holding the state of every object passed in (models unwrapped from
 DDP, EMA copies, optimizers, LR schedulers, torch.Generator objects), the python/numpy/torch RNG states, the step,
-the world size and caller data such as the data-loader position. Files are written to a temporary name and renamed,
+the world size, the wall time spent so far (so that a resumed run reports its whole training time) and caller
+data such as the data-loader position. Files are written to a temporary name and renamed,
 so a kill leaves either the old or the new checkpoint, never half of one. Loading goes through the CPU first.
 
 Accelerate's ``save_state`` writes a folder of files non-atomically and does not record the data position, which is
@@ -18,6 +19,7 @@ import os
 import random
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,12 @@ class Checkpointer:
         self.dir = Path(directory)
         self.keep = keep
         self.accelerator = accelerator
+        self._prior_time_s, self._since = 0.0, time.monotonic()
+
+    def train_time_s(self) -> float:
+        """Wall time spent in this run over all invocations: the time stored in the resumed checkpoint plus the
+        time since this invocation resumed (or since the Checkpointer was made, when nothing was resumed)."""
+        return self._prior_time_s + time.monotonic() - self._since
 
     @property
     def _world(self) -> int:
@@ -132,6 +140,7 @@ class Checkpointer:
             "objects": {k: _state_of(v, self.accelerator) for k, v in objects.items()},
             "rng": self._gather_rng(),
             "extra": extra or {},
+            "train_time_s": self.train_time_s(),
         }
         path = None
         if self._is_main:
@@ -160,4 +169,5 @@ class Checkpointer:
             _load_into(obj, payload["objects"][name], self.accelerator)
         rank = self.accelerator.process_index if self.accelerator is not None else 0
         set_rng_state(payload["rng"][rank])
+        self._prior_time_s, self._since = payload.get("train_time_s", 0.0), time.monotonic()
         return payload["step"], payload["extra"]

@@ -77,3 +77,18 @@ def test_new_field_at_its_default_still_resumes(tmp_path):
         assert e.code == 2
     else:
         raise AssertionError("a changed new field must be refused")
+
+
+def test_training_time_accumulates_over_resumes(tmp_path):
+    import time
+
+    from common.checkpoint import Checkpointer
+
+    gen = torch.Generator()
+    first = Checkpointer(tmp_path, keep=2)
+    time.sleep(0.2)
+    first.save(1, {"g": gen})
+    second = Checkpointer(tmp_path, keep=2)
+    assert second.train_time_s() < 0.1  # nothing resumed yet
+    second.resume({"g": gen})
+    assert second.train_time_s() >= 0.2

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import math
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # `accelerate launch papers/dmd2/train.py`
@@ -80,7 +79,6 @@ def check_finite(name, value, step):
 
 def main(argv=None) -> dict:
     cfg = parse_cli(Config, PRESETS, argv, description=__doc__)
-    t_start = time.time()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     run = start(cfg, paper="dmd2")
@@ -220,7 +218,7 @@ def main(argv=None) -> dict:
             ckpt.save(step + 1, objects, extra=state)
     if start_step < cfg.steps or ckpt.latest() is None:
         ckpt.save(cfg.steps, objects, extra=state)
-    train_time = time.time() - t_start
+    train_time = ckpt.train_time_s()  # over every invocation of this run, resumes included
     out = evaluate(cfg, run, S, acc.unwrap_model(G), state, train_wall_time_s=train_time)
     run.finish()
     return out
