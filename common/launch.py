@@ -163,9 +163,6 @@ class Run:
             mininterval=2.0,
         )
 
-    def elapsed(self) -> float:
-        return time.time() - self.started
-
     def finish(self) -> None:
         """End trackers and tear down the process group so gloo workers exit cleanly."""
         self.accelerator.wait_for_everyone()
