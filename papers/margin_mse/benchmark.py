@@ -24,6 +24,7 @@ import torch
 
 from common.checkpoint import atomic_torch_save, atomic_write_json
 from common.metrics.retrieval import rank, ranking_metrics
+from common.optim import param_groups, warmup_linear_decay
 from common.retrieval.bm25 import BM25
 from common.retrieval.formats import ScoredTriple, write_triples
 from common.retrieval.index import rerank
@@ -94,27 +95,13 @@ def eval_rerank(scores: torch.Tensor | np.ndarray, bench: Bench) -> dict[str, fl
 # --- teachers ---------------------------------------------------------------------------------------------------
 
 
-def _lr_lambda(warmup: int, total: int):
-    return lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.0, 1.0 - s / max(1, total))
-
-
-def param_groups(model: torch.nn.Module, lr: float, head_mult: float, wd: float) -> list[dict]:
-    """Encoder parameters at lr, newly added heads (classifier, pooler, compression) at lr * head_mult
-    (matchmaker's two parameter groups)."""
-    head_names = ("classifier", "pooler", "compress")
-    head = [p for n, p in model.named_parameters() if p.requires_grad and any(h in n for h in head_names)]
-    ids = {id(p) for p in head}
-    body = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    return [{"params": body, "lr": lr, "weight_decay": wd}, {"params": head, "lr": lr * head_mult, "weight_decay": wd}]
-
-
 def train_teacher(cfg: Config, bench: Bench, seed: int, log=print):
     """Binary RankNet on the training lists (each (q, p+, p-_k) pair), fixed steps."""
     torch.manual_seed(seed)
     model = build_teacher(cfg, bench.vocab)
     model.train()
     opt = torch.optim.AdamW(param_groups(model, cfg.teacher_lr, cfg.head_lr_mult, cfg.weight_decay))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.teacher_warmup_steps, cfg.teacher_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear_decay(cfg.teacher_warmup_steps, cfg.teacher_steps))
     rng = np.random.default_rng(seed)
     nq, k = bench.train_lists.shape[0], bench.train_lists.shape[1] - 1
     for step in range(cfg.teacher_steps):

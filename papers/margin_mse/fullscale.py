@@ -96,10 +96,10 @@ def main_msmarco(cfg) -> dict:
         print(f"{len(triples)} triples, {missing} dropped for unresolved ids", flush=True)
 
     model = build_student(cfg, words).to(run.device)
-    from papers.margin_mse.benchmark import _lr_lambda, param_groups
+    from common.optim import param_groups, warmup_linear_decay
 
     opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear_decay(cfg.warmup_steps, cfg.steps))
     gen = torch.Generator().manual_seed(cfg.seed)
     ckpt = Checkpointer(run.dir / "checkpoints", keep=cfg.keep_ckpts, accelerator=run.accelerator)
     step, _ = ckpt.resume({"model": model, "opt": opt, "sched": sched, "gen": gen})

@@ -30,15 +30,14 @@ import torch
 from common.checkpoint import Checkpointer, atomic_write_json
 from common.config import parse_cli
 from common.launch import peak_memory_mb, start
+from common.optim import param_groups, warmup_linear_decay
 from common.retrieval import losses as L
 from common.retrieval.index import DenseIndex, rerank
 from papers.margin_mse.benchmark import (
-    _lr_lambda,
     build_embedded,
     ensemble,
     ensure_teachers,
     eval_rerank,
-    param_groups,
     replace,
 )
 from papers.margin_mse.config import PRESETS, Config
@@ -71,7 +70,7 @@ def training_loss(cfg: Config, s: torch.Tensor, t: torch.Tensor | None) -> torch
 def train_student(cfg: Config, run, bench, teacher: dict | None):
     model = build_student(cfg, bench.vocab).to(run.device)
     opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear_decay(cfg.warmup_steps, cfg.steps))
     gen = torch.Generator().manual_seed(cfg.seed)
     ckpt = Checkpointer(run.dir / "checkpoints", keep=cfg.keep_ckpts, accelerator=run.accelerator)
     objects = {"model": model, "opt": opt, "sched": sched, "gen": gen}
