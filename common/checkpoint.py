@@ -14,10 +14,13 @@ Left out: sharded (FSDP) checkpoints; at full scale use accelerate's ``save_stat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +30,10 @@ import numpy as np
 import torch
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of this run folder can be resumed; the message names the file(s) and the fix."""
 
 
 def _atomic_write(path: Path, write) -> Path:
@@ -151,23 +158,81 @@ class Checkpointer:
             self.accelerator.wait_for_everyone()
         return path
 
+    def _read(self, path: Path) -> dict:
+        """Load one checkpoint file, or raise CheckpointError saying why it is unusable."""
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated zip, random bytes, empty file: every loader error means "unreadable"
+            raise CheckpointError(f"{path} is unreadable ({type(e).__name__})") from None
+        if not isinstance(payload, dict) or not {"step", "world_size", "objects", "rng"} <= set(payload):
+            raise CheckpointError(f"{path} is not a checkpoint of this code (keys missing)")
+        return payload
+
     def resume(self, objects: dict[str, Any]) -> tuple[int, dict]:
-        """Load the latest checkpoint into ``objects``; returns (step, extra), or (0, {}) when there is none."""
-        path = self.latest()
-        if path is None:
+        """Load the newest intact checkpoint into ``objects``; returns (step, extra), or (0, {}) when there is none.
+
+        An unreadable newest file (a truncated copy, an empty or foreign file) is skipped with a warning that names
+        it, and the next newest is used; when none is intact, CheckpointError names them.
+        """
+        found = self.all()
+        if not found:
             return 0, {}
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        bad = []
+        for path in reversed(found):
+            try:
+                payload = self._read(path)
+                break
+            except CheckpointError as e:
+                bad.append(path.name)
+                if self._is_main:
+                    print(f"warning: {e}; trying an older checkpoint", file=sys.stderr)
+        else:
+            raise CheckpointError(
+                f"no intact checkpoint in {self.dir} ({', '.join(bad)} unreadable); delete them to start over"
+            )
         if payload["world_size"] != self._world:
-            raise RuntimeError(
+            raise CheckpointError(
                 f"{path} was written with world size {payload['world_size']} but this run has {self._world}; "
                 "resume with the same number of processes or start a new run folder (--set run_name=...)"
             )
         missing = set(objects) - set(payload["objects"])
         if missing:
-            raise RuntimeError(f"{path} has no state for {sorted(missing)}; it belongs to a different configuration")
+            raise CheckpointError(f"{path} has no state for {sorted(missing)}; it belongs to a different configuration")
         for name, obj in objects.items():
             _load_into(obj, payload["objects"][name], self.accelerator)
         rank = self.accelerator.process_index if self.accelerator is not None else 0
         set_rng_state(payload["rng"][rank])
         self._prior_time_s, self._since = payload.get("train_time_s", 0.0), time.monotonic()
         return payload["step"], payload["extra"]
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Write a folder atomically: yields a temporary sibling folder, renamed to ``path`` when the block succeeds.
+
+    For ``save_pretrained`` outputs and caches: a kill leaves the old folder (or none), never a folder with a
+    config but no weights. An existing ``path`` is replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def complete_dir(path, required=("config.json",), any_of=("*.safetensors", "*.bin", "*.pt")) -> bool:
+    """True when a saved model folder has its required files and at least one weights file."""
+    p = Path(path)
+    if not p.is_dir() or not all((p / r).exists() for r in required):
+        return False
+    return not any_of or any(any(p.glob(pattern)) for pattern in any_of)

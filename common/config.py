@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -24,8 +25,20 @@ from dataclasses import dataclass
 from typing import Any
 
 
-class ConfigError(ValueError):
+class UserInputError(ValueError):
+    """Bad input the user can fix (a value, a path, a file); the message names it and says what to do.
+
+    Entry points run through :func:`common.cli.entry`, which prints such errors as one line and exits with code 2.
+    """
+
+
+class ConfigError(UserInputError):
     """A config value is unknown, of the wrong type or out of range; the message names the key."""
+
+
+# Every int field has at least this ceiling: larger values overflow the RNGs (torch seeds are 64-bit and some
+# loops derive per-rank seeds as seed * 1000 + rank) and the tensor shapes long before they mean anything.
+INT_CEILING = 2**31 - 1
 
 
 def cfg_field(default: Any, help: str, *, choices=None, min=None, max=None):  # noqa: A002 - mirrors argparse
@@ -39,14 +52,14 @@ class BaseConfig:
     """Fields every experiment has. Papers subclass this and add their own."""
 
     preset: str = cfg_field("", "name of the preset this config came from")
-    seed: int = cfg_field(0, "seed of every RNG (data, init, noise)", min=0)
+    seed: int = cfg_field(0, "seed of every RNG (data, init, noise)", min=0, max=2**31 - 1)
     method: str = cfg_field("", "the compared variant (e.g. dmd2, dm-only); names the run and the result record")
     out_dir: str = cfg_field("runs", "root folder of run folders")
     run_name: str = cfg_field("", "run folder name under out_dir/<paper>/; default <preset>/<method>-seed<seed>")
     results_dir: str = cfg_field("results/raw", "where evaluation writes result records")
-    global_batch: int = cfg_field(64, "examples per optimizer step over all processes (the contract)", min=1)
+    global_batch: int = cfg_field(64, "examples per optimizer step over all processes (the contract)", min=1, max=2**20)
     per_device_batch: int = cfg_field(
-        0, "examples per forward pass on one process; 0 = global_batch / world_size (no accumulation)", min=0
+        0, "examples per forward pass on one process; 0 = global_batch / world_size (no accumulation)", min=0, max=2**20
     )
     mixed_precision: str = cfg_field("no", "autocast precision of the forward pass", choices=("no", "fp16", "bf16"))
     steps: int = cfg_field(1000, "optimizer steps", min=0)
@@ -63,6 +76,18 @@ class BaseConfig:
 
     def check(self) -> None:
         """Cross-field rules; subclasses override and raise ConfigError("key: ...")."""
+
+    def check_inputs(self) -> None:
+        """Check what the run reads and writes before anything is downloaded, loaded or trained.
+
+        Called by :func:`parse_cli` (also under ``--dry-run``). The base checks that ``out_dir`` and
+        ``results_dir`` can be written; papers extend it for their files (data folders, prompt files, model
+        paths), using the helpers in :mod:`common.inputs`. Nothing is written here.
+        """
+        from common.inputs import require_writable_dir
+
+        require_writable_dir("out_dir", self.out_dir)
+        require_writable_dir("results_dir", self.results_dir)
 
     @property
     def resolved_run_name(self) -> str:
@@ -117,10 +142,14 @@ def validate(cfg) -> None:
         if not _type_ok(value, tp):
             raise ConfigError(f"{f.name}: expected {_type_name(tp)}, got {value!r}")
         meta = f.metadata
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name}: {value!r} is not a finite number")
         choices = meta.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(f"{f.name}: {value!r} is not allowed; choose one of {', '.join(map(repr, choices))}")
         lo, hi = meta.get("min"), meta.get("max")
+        if isinstance(value, int) and not isinstance(value, bool) and hi is None:
+            hi = INT_CEILING
         if value is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
             if (lo is not None and value < lo) or (hi is not None and value > hi):
                 rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
@@ -173,7 +202,10 @@ def override(cfg, pairs: list[str]):
         if "=" not in pair:
             raise ConfigError(f"{pair}: expected key=value")
         key, text = pair.split("=", 1)
-        changes[key.strip()] = parse_value(type(cfg), key.strip(), text.strip())
+        key = key.strip()
+        if key in changes:
+            raise ConfigError(f"{key}: set more than once in --set; give each key once")
+        changes[key] = parse_value(type(cfg), key, text.strip())
     return dataclasses.replace(cfg, **changes)
 
 
@@ -193,13 +225,20 @@ def batch_math(global_batch: int, per_device_batch: int, world_size: int) -> tup
     return per_device_batch, accum
 
 
+def _debug_env() -> bool:
+    import os
+
+    return os.environ.get("DISTILL_DEBUG", "") not in ("", "0")
+
+
 def _world_size_hint() -> int:
     import os
 
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def describe_fields(cls) -> str:
+def describe_fields(cls, base=None) -> str:
+    """One line per field: type, value (the preset's when ``base`` is given, else the dataclass default), rules."""
     lines = []
     hints = _field_types(cls)
     for f in dataclasses.fields(cls):
@@ -209,7 +248,10 @@ def describe_fields(cls) -> str:
             extra.append("one of " + ", ".join(map(repr, meta["choices"])))
         if meta.get("min") is not None or meta.get("max") is not None:
             extra.append(f"range [{meta.get('min', '')}, {meta.get('max', '')}]".replace("None", ""))
-        default = f.default if f.default is not dataclasses.MISSING else "(required)"
+        if base is not None:
+            default = getattr(base, f.name)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else "(required)"
         more = f"; {'; '.join(extra)}" if extra else ""
         lines.append(f"  {f.name} ({_type_name(hints[f.name])}, default {default!r}{more}): {meta.get('help', '')}")
     return "\n".join(lines)
@@ -221,11 +263,23 @@ def parse_cli(cls, presets: dict, argv: list[str] | None = None, description: st
     Errors print one line ``error: ...`` on stderr and exit with code 2.
     """
     names = list(presets)
-    epilog = "presets: " + ", ".join(names) + "\n\nkeys for --set:\n" + describe_fields(cls)
+    # `--preset X --help` documents X's values, not the dataclass defaults
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=names[0])
+    chosen = pre.parse_known_args(argv)[0].preset
+    shown = presets.get(chosen, presets[names[0]])
+    epilog = (
+        "presets: "
+        + ", ".join(names)
+        + f"\n\nkeys for --set (defaults shown are those of preset {chosen if chosen in presets else names[0]!r}):\n"
+        + describe_fields(cls, base=shown)
+        + "\n\nBad input ends with one line 'error: ...' and exit code 2; add --debug (or DISTILL_DEBUG=1) for a traceback."
+    )
     parser = argparse.ArgumentParser(
         description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default=names[0], help=f"named configuration (default {names[0]!r})")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override fields")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and batch math, then exit")
     parser.add_argument("--list-presets", action="store_true", help="list preset names and exit")
@@ -241,7 +295,10 @@ def parse_cli(cls, presets: dict, argv: list[str] | None = None, description: st
         cfg = override(cfg, args.set)
         world = _world_size_hint()
         per_device, accum = batch_math(cfg.global_batch, cfg.per_device_batch, world)
-    except ConfigError as e:
+        cfg.check_inputs()
+    except UserInputError as e:
+        if args.debug or _debug_env():
+            raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.dry_run:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoint import atomic_write_json
+from common.checkpoint import atomic_write_json, atomic_write_text
 from common.config import batch_math, config_to_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +121,7 @@ class Run:
     per_device_batch: int
     grad_accum: int
     started: float = field(default_factory=time.time)
+    _log_trimmed: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -145,10 +146,28 @@ class Run:
             k: (float(v) if isinstance(v, (int, float, np.floating, torch.Tensor)) else v) for k, v in metrics.items()
         }
         if self.is_main:
+            if not self._log_trimmed:
+                self._trim_log(step)
             with open(self.dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, "time_s": round(time.time() - self.started, 3), **clean}) + "\n")
         if self.cfg.trackers:
             self.accelerator.log({k: v for k, v in clean.items() if isinstance(v, float)}, step=step)
+
+    def _trim_log(self, step: int) -> None:
+        """On the first line of an invocation, drop lines at or after ``step`` that a killed earlier invocation
+        logged past its last checkpoint, so a resumed run's metrics.jsonl has each step once."""
+        self._log_trimmed = True
+        path = self.dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", -1) < step:
+                    keep.append(line)
+            except json.JSONDecodeError:  # a torn last line of a killed run
+                continue
+        atomic_write_text("".join(k + "\n" for k in keep), path)
 
     def progress(self, iterable=None, total=None, desc: str = "", initial: int = 0):
         from tqdm.auto import tqdm
@@ -172,7 +191,10 @@ class Run:
 
 
 # Keys that may change when a run is resumed (extend training, log or checkpoint differently).
-RESUMABLE_CHANGES = frozenset({"steps", "log_every", "ckpt_every", "keep_ckpts", "trackers", "results_dir"})
+# out_dir is where the folder lives, not what it holds: a moved folder (or `./runs` for `runs`) resumes.
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "log_every", "ckpt_every", "keep_ckpts", "trackers", "results_dir", "out_dir", "num_threads"}
+)
 
 
 def check_same_run(run_dir: Path, cfg) -> None:

@@ -67,7 +67,7 @@ def test_write_and_build_table(tmp_path):
     assert "| p | b | toy | 1 (0) | 5 |" in text
     assert "| B | a | fd | 1.5 | Table 1 | 2 ± 1 (n=3; bench) | 0.5 |" in text
     assert "| Big | a | fd | 9 | Table 2 | not run here | — |" in text
-    assert 'Protocol: `{"samples": 10}`' in text
+    assert "Protocol: samples: 10" in text
 
 
 def test_corrupt_record_names_file(tmp_path):

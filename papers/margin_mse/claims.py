@@ -54,4 +54,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common.cli import entry
+
+    entry(main)

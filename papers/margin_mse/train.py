@@ -267,4 +267,6 @@ def _write_records(cfg, run, bench, metrics, bm25, tm, ok, train_s, wall_s):
 
 
 if __name__ == "__main__":
-    main()
+    from common.cli import entry
+
+    entry(main)

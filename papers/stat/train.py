@@ -392,4 +392,6 @@ def _plot_profile(prof: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common.cli import entry
+
+    entry(main)
