@@ -268,7 +268,7 @@ def evaluate(cfg, run, S, G, state, train_wall_time_s=None) -> dict:
             nfe=teacher_nfe,
             sampling_throughput=thr_teacher,
         )
-        write_record(trec, root=cfg.results_dir)
+        write_record(trec, root=cfg.results_dir, same_config=False)  # the teacher does not depend on the student
         save_small_denoiser(
             G,
             run.path("student"),

@@ -263,7 +263,7 @@ def _write_records(cfg, run, bench, metrics, bm25, tm, ok, train_s, wall_s):
             paper=PAPER, preset=cfg.preset, method=method, seed=0, benchmark=ref_name, dataset="synthetic-facts",
             metrics=m, protocol=protocol, config=cfg, wall_time_s=wall_s,
         )  # fmt: skip
-        write_record(r, cfg.results_dir)
+        write_record(r, cfg.results_dir, same_config=False)  # references do not depend on the student
 
 
 if __name__ == "__main__":

@@ -190,7 +190,7 @@ def base_stage(cfg: Config, sets, t_start: float):
             peak_memory_mb=peak_memory_mb(),
             extra={"profile": prof["profile"], "base_student": str(folder)},
         )
-        write_record(rec, cfg.results_dir)
+        write_record(rec, cfg.results_dir, same_config=False)  # the base does not depend on the method
     run.finish()
     return model, prof
 
