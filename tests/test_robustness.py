@@ -298,3 +298,31 @@ def test_claim_verdicts(tmp_path):
 def test_record_path_is_stable_for_default_runs():
     rec = record()
     assert record_path(rec, "R").as_posix() == "R/p/toy/a-seed0.json"
+
+
+def test_repro_check_compares_with_committed_spread(tmp_path):
+    from results import repro
+
+    committed, fresh = tmp_path / "committed", tmp_path / "fresh"
+    for seed, v in enumerate([1.0, 1.2, 1.1]):
+        write_record(record(seed=seed, value=v), root=committed)
+    write_record(record(seed=0, value=1.0), root=fresh)
+    text, counts = repro.compare(fresh, committed)
+    assert "| bench | a | fd | 1 | 1.1 ± 0.1 (n=3) | — | identical |" in text
+    write_record(record(seed=0, value=1.15), root=fresh, same_config=False)
+    assert repro.compare(fresh, committed)[1] == {"within spread": 1}
+    write_record(record(seed=0, value=5.0), root=fresh, same_config=False)
+    assert repro.compare(fresh, committed)[1] == {"outside spread": 1}
+
+
+def test_plot_draws_curves_from_metrics_jsonl(tmp_path):
+    from results import plot
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"step": s, "time_s": 0.1 * s, "loss": 1.0 / (s + 1), "note": "x"} for s in range(5)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 5, "lo')
+    out = plot.plot([run], None, "step", tmp_path / "c.png")
+    assert out.exists() and out.stat().st_size > 1000
+    with pytest.raises(UserInputError, match="no metrics.jsonl"):
+        plot.read_metrics(tmp_path / "none")
