@@ -86,6 +86,14 @@ def require_image_dir(key: str, path: str, *, verify: bool = True) -> list[Path]
     return files
 
 
+def require_data_source(key: str, name: str) -> None:
+    """An image folder (checked like :func:`require_image_dir`) or a ``datasets`` name; a path that does not exist is
+    reported as such instead of being looked up on the Hub."""
+    p = Path(name).expanduser()
+    if p.exists() or name.startswith(("/", "./", "../", "~")):
+        require_image_dir(key, name)
+
+
 def require_model(key: str, name: str, *, file: str = "config.json") -> str:
     """``name`` is a local model folder, or a Hub id that is cached (always required when offline).
 

@@ -83,8 +83,10 @@ def test_sd_smoke_exports_loadable_pipeline(preset, tmp_path):
 def test_bad_inputs_fail_clearly(tmp_path):
     p = _run(["--preset", "no-such-preset"], tmp_path, check=False)
     assert p.returncode == 2 and "does not exist" in p.stderr
+    p = _run(["--preset", "digits", "--set", f"teacher_path={tmp_path}/nothing"], tmp_path, check=False)
+    assert p.returncode == 2 and "teacher_path:" in p.stderr and "does not exist" in p.stderr
     p = _run(["--preset", "digits-smoke", "--set", f"teacher_path={tmp_path}/nothing"], tmp_path, check=False)
-    assert p.returncode != 0 and "does not exist" in p.stderr
+    assert p.returncode == 2 and "would ignore it" in p.stderr  # a smoke twin does not silently drop a path
     p = _run(["--preset", "toy2d-smoke", "--set", "gen_lr=1e30", "fake_lr=1e30"], tmp_path, check=False)
     assert p.returncode != 0 and ("non-finite" in p.stderr or "is nan" in p.stderr or "is inf" in p.stderr)
     assert not list((tmp_path / "res").rglob("*.json")) if (tmp_path / "res").exists() else True

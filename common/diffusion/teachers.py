@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.config import UserInputError
 from common.diffusion.denoisers import MLPDenoiser, UNetDenoiser, freeze
 from common.diffusion.schedules import bcast, edm_loss_weight, lognormal_sigma
 
 __all__ = ["AnalyticTeacher", "train_teacher", "save_small_denoiser", "load_small_denoiser", "TeacherError"]
 
 
-class TeacherError(RuntimeError):
+class TeacherError(UserInputError):
     """A teacher checkpoint is missing or does not match what the preset asks for."""
 
 

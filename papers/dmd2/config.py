@@ -107,11 +107,36 @@ class Config(BaseConfig):
             raise ConfigError("dm_weight: 0 with gan=false leaves the generator without a loss")
         if any(not 0 < r < 1 for r in self.ema_rates):
             raise ConfigError(f"ema_rates: {self.ema_rates} must lie in (0, 1)")
+        if self.tiny_models and self.teacher_path:
+            raise ConfigError(
+                "teacher_path: tiny_models=true builds tiny random networks and would ignore it; "
+                "drop teacher_path or use the full preset"
+            )
+
+    def check_inputs(self) -> None:
+        """Files and models the run reads, checked before any download or training (also under --dry-run)."""
+        super().check_inputs()
+        from common.inputs import require_data_source, require_file, require_model
+
+        if self.teacher_path:
+            require_model("teacher_path", self.teacher_path)
+        if self.real_data:
+            require_data_source("real_data", self.real_data)
+        if self.prompts:
+            require_file("prompts", self.prompts)
 
 
 def smoke(cfg: Config, **kw) -> Config:
     """Smoke twin: same code path, tiny models, 3 iterations."""
-    base = dict(steps=3, eval_samples=64, eval_every=0, warmup=0, ttur_ratio=min(cfg.ttur_ratio, 2), tiny_models=True)
+    base = dict(
+        steps=3,
+        eval_samples=64,
+        eval_every=0,
+        warmup=0,
+        ttur_ratio=min(cfg.ttur_ratio, 2),
+        tiny_models=True,
+        teacher_path="",  # tiny random networks: nothing is loaded
+    )
     if cfg.task in ("toy2d",):
         base.update(global_batch=64, fake_init_steps=2, teacher_eval_steps=2)
     elif cfg.task == "digits":
