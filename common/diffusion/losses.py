@@ -32,10 +32,12 @@ def _mean_chw(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).mean(1)
 
 
-def dm_loss(x, mu_real, mu_fake, scale=None, metric="mse", c=1e-3, eps=1e-6):
-    """Distribution-matching loss on the generator output x (diffusion_common.md §5).
+def dm_loss(x, mu_real, mu_fake, scale=None, metric="mse", c=1e-3, eps=1e-6, normalise=True):
+    """Distribution-matching loss on the generator output x (DMD Eq. 7; DMD2 official code `compute_distribution_
+    matching_loss`; TDM official code for the pseudo-Huber form).
 
-    omega = mean_CHW |x - mu_real| (detached); g = scale * (mu_fake - mu_real) / (omega + eps), nan_to_num.
+    omega = mean_CHW |x - mu_real| (detached; 1 when normalise=False, Diff-Instruct's plain score difference);
+    g = scale * (mu_fake - mu_real) / (omega + eps), nan_to_num; `scale` is a per-sample weight (f-distill's h(r)).
     mse:          L = 1/2 mean((x - sg(x - g))^2)          -> dL/dx = g / numel  (DMD Eq. 7 with the DMD2
                                                              normaliser replacing alpha_t / sigma_t^2)
     pseudo_huber: L = mean((sqrt((x - sg(x + mu_real - mu_fake))^2 + c^2) - c) / omega)   (TDM)
@@ -43,6 +45,8 @@ def dm_loss(x, mu_real, mu_fake, scale=None, metric="mse", c=1e-3, eps=1e-6):
     mu_real, mu_fake = mu_real.detach().to(x.dtype), mu_fake.detach().to(x.dtype)
     with torch.no_grad():
         omega = _mean_chw((x - mu_real).abs())
+        if not normalise:
+            omega, eps = torch.ones_like(omega), 0.0
         s = torch.ones_like(omega) if scale is None else torch.as_tensor(scale, dtype=x.dtype).expand_as(omega)
     if metric == "mse":
         g = torch.nan_to_num(bcast(s / (omega + eps), x) * (mu_fake - mu_real))
@@ -55,22 +59,23 @@ def dm_loss(x, mu_real, mu_fake, scale=None, metric="mse", c=1e-3, eps=1e-6):
 
 
 def fake_score_loss(kind, pred, target, sigma=None, sigma_data=0.5, snr=None, gamma=5.0, weight=None):
-    """Denoising loss of the fake score on detached generator samples (diffusion_common.md §4).
+    """Denoising loss of the fake score on detached generator samples; `weight`: optional per-sample weight
+    (TDM's importance weights).
 
-    edm:     mean_b lambda(sigma) * mean |D(x+sigma eps) - x|^2, lambda = sigma^-2 + sigma_data^-2 (EDM Eq. 8)
-    eps_mse: mean |eps_hat - eps|^2 (DMD2 SD/SDXL)
-    x0_snr:  mean_b mean_CHW (mu - x0)^2 * min(SNR, gamma) * w (TDM)
+    edm:     mean_b lambda(sigma) * mean |D(x+sigma eps) - x|^2, lambda = sigma^-2 + sigma_data^-2 (EDM Eq. 8;
+             DMD2 official code, EDM guidance)
+    eps_mse: mean |eps_hat - eps|^2 (DMD2 official code, SD/SDXL guidance)
+    x0_snr:  mean_b mean_CHW (mu - x0)^2 * min(SNR, gamma) * w (TDM official code)
     """
     per = _mean_chw((pred.float() - target.float()) ** 2)
+    if weight is not None:
+        per = per * weight.float()
     if kind == "edm":
         return (edm_loss_weight(sigma.float(), sigma_data) * per).mean()
     if kind == "eps_mse":
         return per.mean()
     if kind == "x0_snr":
-        w = snr.float().clamp_max(gamma)
-        if weight is not None:
-            w = w * weight
-        return (per * w).mean()
+        return (per * snr.float().clamp_max(gamma)).mean()
     raise ValueError(f"kind: {kind!r} not in ['edm', 'eps_mse', 'x0_snr']")
 
 
