@@ -159,8 +159,9 @@ def _oscillation(trace, last=1000) -> dict:
     return {"oscillation (mean)": t[:, 0].std().item(), "oscillation (2nd moment)": t[:, 1].std().item()}
 
 
-def evaluate(cfg, run, S, G, state, train_wall_time_s=None) -> dict:
-    """Evaluate the trained student and the teacher, write records and pictures; returns the student metrics."""
+def evaluate(cfg, run, S, G, state, train_wall_time_s=None, ema=()) -> dict:
+    """Evaluate the trained student (last, best, and each EMA copy) and the teacher, write records and pictures;
+    returns the student metrics."""
     if cfg.task not in ("toy2d", "digits"):
         from papers.dmd2.fullscale import evaluate_fullscale
 
@@ -221,6 +222,9 @@ def evaluate(cfg, run, S, G, state, train_wall_time_s=None) -> dict:
     metrics = fn(x_last)
     if x_best is not None:
         metrics.update({f"{k} (best)": v for k, v in fn(x_best).items()})
+    for rate, e in zip(cfg.ema_rates, ema):
+        x_ema = _sample_student(cfg, S, e.module, n, g, dev)[0]
+        metrics.update({f"{k} (ema {rate})": v for k, v in fn(x_ema).items()})
     metrics.update(_oscillation(state["trace"]))
     metrics["throughput vs teacher"] = thr_student / thr_teacher
     teacher_metrics = fn(x_teacher)

@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from common.diffusion.denoisers import EpsUNetDenoiser, UNetDenoiser, freeze
-from common.diffusion.denoisers import cfg as cfg_combine
+from common.diffusion.denoisers import CondDenoiser, EpsUNetDenoiser, UNetDenoiser, freeze
+from common.diffusion.distill import GuidedTarget
 from common.diffusion.losses import ConvGANHead
 from common.diffusion.schedules import EDMSchedule, VPSchedule
 from papers.dmd2.model import Setup
@@ -198,45 +197,6 @@ def build_imagenet64(cfg) -> Setup:
 # ------------------------------------------------------------------ SD1.5 / SDXL
 
 
-class GuidedTeacher(nn.Module):
-    """Frozen eps-UNet teacher returning the CFG x0: mu_u + s (mu_c - mu_u) (real_guidance_scale)."""
-
-    def __init__(self, denoiser: EpsUNetDenoiser, scale: float):
-        super().__init__()
-        self.denoiser, self.scale = denoiser, scale
-
-    def forward(self, x, t, cond=None, return_features=False):
-        if self.scale == 1.0:
-            return self.denoiser(x, t, cond["cond"])
-        both = {
-            k: (
-                torch.cat([cond["uncond"][k], cond["cond"][k]])
-                if k != "added_cond_kwargs"
-                else {kk: torch.cat([cond["uncond"][k][kk], cond["cond"][k][kk]]) for kk in cond["cond"][k]}
-            )
-            for k in cond["cond"]
-        }
-        t2 = torch.as_tensor(t, device=x.device).expand(x.shape[0]).repeat(2)
-        mu_u, mu_c = self.denoiser(torch.cat([x, x]), t2, both).chunk(2)
-        return cfg_combine(mu_u, mu_c, self.scale)
-
-
-class CondDenoiser(nn.Module):
-    """Student / fake score: the conditional branch only (fake_guidance_scale = 1)."""
-
-    def __init__(self, denoiser: EpsUNetDenoiser):
-        super().__init__()
-        self.denoiser = denoiser
-
-    @property
-    def unet(self):
-        return self.denoiser.unet
-
-    def forward(self, x, t, cond=None, return_features=False, return_eps=False):
-        c = cond["cond"] if isinstance(cond, dict) and "cond" in cond else cond
-        return self.denoiser(x, t, c, return_features=return_features, return_eps=return_eps)
-
-
 class TextEncoder:
     """Prompt -> conditioning dict for SD1.5 (one CLIP) or SDXL (two CLIPs, pooled text_embeds, time_ids)."""
 
@@ -318,7 +278,7 @@ def build_sd(cfg) -> Setup:
     teacher_unet = freeze(copy.deepcopy(unet))
     if cfg.teacher_dtype == "bf16":
         teacher_unet.to(torch.bfloat16)
-    teacher = GuidedTeacher(EpsUNetDenoiser(teacher_unet, schedule), cfg.real_guidance)
+    teacher = EpsUNetDenoiser(teacher_unet, schedule)
     generator = CondDenoiser(EpsUNetDenoiser(copy.deepcopy(unet).float().train().requires_grad_(True), schedule))
     fake = CondDenoiser(EpsUNetDenoiser(copy.deepcopy(unet).float().train().requires_grad_(True), schedule))
     if cfg.gradient_checkpointing:
@@ -376,6 +336,7 @@ def build_sd(cfg) -> Setup:
         (4, lat, lat),
         steps,
         fake_loss="eps_mse",
+        target=GuidedTarget(teacher, cfg.real_guidance),
         extra={
             "vae": vae,
             "text": text,
@@ -454,7 +415,7 @@ def evaluate_fullscale(cfg, run, S, G, state, train_wall_time_s=None) -> dict:
     if S.schedule.kind == "edm":
         xt, t_nfe = edm_sampler(S.teacher, z, cfg.teacher_eval_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho, cond=cond)
     else:
-        xt, t_nfe = ddim_teacher_sampler(S.teacher, S.schedule, z, cfg.teacher_eval_steps, cond=cond)
+        xt, t_nfe = ddim_teacher_sampler(S.target, S.schedule, z, cfg.teacher_eval_steps, cond=cond)
         t_nfe *= 2 if cfg.real_guidance != 1.0 else 1
     thr_t = n / (time.perf_counter() - t0)
     if "vae" in S.extra:

@@ -21,6 +21,7 @@ from torch import nn
 
 from common.data.toy2d import GaussianMixture, ring
 from common.diffusion.denoisers import MLPDenoiser, UNetDenoiser, freeze
+from common.diffusion.distill import FixedTarget
 from common.diffusion.losses import ConvGANHead, MLPGANHead
 from common.diffusion.schedules import EDMSchedule
 from common.diffusion.teachers import AnalyticTeacher, load_small_denoiser, train_teacher
@@ -39,6 +40,11 @@ class Setup:
     student_steps: list[int]
     fake_loss: str = "edm"
     extra: dict = field(default_factory=dict)
+    target: Any = None  # the real-score provider; default: the teacher as a fixed target
+
+    def __post_init__(self):
+        if self.target is None:
+            self.target = FixedTarget(self.teacher)
 
 
 def toy_mixtures(cfg) -> tuple[GaussianMixture, GaussianMixture]:
