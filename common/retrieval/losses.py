@@ -15,7 +15,8 @@ triple (q, p+, p-). All losses return a scalar mean over the batch.
                        ``RankNetTeacher``).
 * ``ranknet_pairs``    log(1 + exp(-(s_a - s_b)/tau)) over every teacher-ordered pair a > b of a list.
 * ``listmle``          Plackett-Luce likelihood of the teacher order (``scope='list'``: the denominator runs over the
-                       rest of the list; CPRD builds its partial-ranking loss on this).
+                       rest of the list), optionally over a per-row number of ranked positions and normalised by it;
+                       ``plackett_luce_terms`` is its per-position core (CPRD builds its partial-ranking loss on it).
 * ``in_batch_contrastive``  symmetric InfoNCE (ITC) over a (B, B) similarity matrix with temperature; optional
                        mask of extra positives.
 * teacher output adapters ``to_ranks``, ``to_margins``, ``to_probs``; ``ensemble_mean`` (mean of raw scores, T2).
@@ -78,18 +79,48 @@ def ranknet_pairs(s: torch.Tensor, t: torch.Tensor, tau: float = 1.0) -> torch.T
     return F.softplus(-diff_s[mask]).mean()
 
 
-def listmle(s: torch.Tensor, t: torch.Tensor, tau: float = 1.0, prefix: int | None = None) -> torch.Tensor:
+def plackett_luce_terms(
+    s_sorted: torch.Tensor, keep: torch.Tensor | None = None, extra_lse: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-position Plackett-Luce terms of rows already in the target order: (B, L) ->
+    nll[b, j] = log( sum_{k>=j, keep} exp(s[b, k]) + exp(extra_lse[b]) ) - s[b, j].
+
+    ``keep`` (B, L) drops items from every denominator (their own terms are meaningless and must be masked by the
+    caller); ``extra_lse`` (B,) adds mass that is ranked below the whole list (e.g. unlisted candidates)."""
+    x = s_sorted if keep is None else s_sorted.masked_fill(~keep, float("-inf"))
+    suffix = torch.logcumsumexp(x.flip(-1), dim=-1).flip(-1)  # log-sum-exp over k >= j, right to left
+    if extra_lse is not None:
+        suffix = torch.logaddexp(suffix, extra_lse[:, None].expand_as(suffix))
+    return suffix - s_sorted
+
+
+def listmle(
+    s: torch.Tensor,
+    t: torch.Tensor,
+    tau: float | torch.Tensor = 1.0,
+    prefix: int | None = None,
+    valid: torch.Tensor | None = None,
+    normalise: bool = False,
+) -> torch.Tensor:
     """Plackett-Luce negative log-likelihood of the teacher's order of each row (scope 'list').
 
-    -sum_{j<J} log( exp(s_pi(j)/tau) / sum_{k>=j} exp(s_pi(k)/tau) ), pi = teacher order, J = prefix or full length.
+    -sum_{j<J_b} log( exp(s_pi(j)/tau) / sum_{k>=j} exp(s_pi(k)/tau) ), pi = teacher order (stable), J_b = ``valid[b]``
+    (a per-row count of ranked positions), else ``prefix``, else the full length. With ``normalise`` each row's sum
+    is divided by its count; rows with count 0 contribute 0. Mean over rows.
     """
     order = to_ranks(t)
     s_sorted = torch.gather(s / tau, 1, order)
-    # log-sum-exp over the suffix k >= j, computed right to left
-    suffix = torch.logcumsumexp(s_sorted.flip(-1), dim=-1).flip(-1)
-    nll = suffix - s_sorted
-    j = s.shape[1] if prefix is None else min(prefix, s.shape[1])
-    return nll[:, :j].sum(-1).mean()
+    nll = plackett_luce_terms(s_sorted)
+    L = s.shape[1]
+    if valid is None:
+        j = L if prefix is None else min(prefix, L)
+        valid = torch.full((s.shape[0],), j, device=s.device)
+    valid = valid.to(s.device).clamp(0, L)
+    used = torch.arange(L, device=s.device)[None, :] < valid[:, None]
+    rows = (nll * used).sum(-1)
+    if normalise:
+        rows = rows / valid.clamp_min(1).to(rows.dtype)
+    return rows.mean()
 
 
 def in_batch_contrastive(
