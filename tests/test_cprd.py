@@ -344,3 +344,26 @@ def test_coco_smoke_on_a_karpathy_fixture(tmp_path):
     m = main(_smoke_args(tmp_path, "coco-smoke", f"karpathy_json={f}", f"image_root={tmp_path}", "global_batch=8",
                          "eval_teacher=true"))  # fmt: skip
     assert math.isfinite(m["TR@1"]) and math.isfinite(m["IR@5"])
+
+
+def test_two_process_gloo_with_accumulation_through_entry_point(tmp_path):
+    """torchrun, 2 CPU processes, gathered mining over 2 x 4 items per micro step, 2 accumulation steps."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(root / "papers" / "cprd" / "train.py"),
+           *_smoke_args(tmp_path, "shapes-smoke", "per_device_batch=4", "global_batch=16", "k=3")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = next((tmp_path / "runs").rglob("env.json")).parent
+    env_json = json.loads((run_dir / "env.json").read_text())
+    assert env_json["world_size"] == 2 and env_json["grad_accum"] == 2
+    rec = json.loads(next((tmp_path / "results").rglob("cprd-seed0.json")).read_text())
+    assert math.isfinite(rec["metrics"]["TR@1"])
+    logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged and all(math.isfinite(x["loss"]) for x in logged)

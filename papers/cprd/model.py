@@ -29,8 +29,10 @@ def shapes_tokenizer(words: list[str] | None = None) -> BertTokenizer:
 
 def tiny_blip_config(tok: BertTokenizer, cfg: Config) -> BlipConfig:
     w, d = cfg.teacher_width, cfg.teacher_depth
+    # initializer_range: BlipVisionConfig's default (1e-10) makes a model built from a config output a constant
     vision = dict(hidden_size=w, intermediate_size=4 * w, num_hidden_layers=d, num_attention_heads=cfg.heads,
-                  image_size=cfg.image_size, patch_size=cfg.patch, projection_dim=w, attention_dropout=0.0)  # fmt: skip
+                  image_size=cfg.image_size, patch_size=cfg.patch, projection_dim=w, attention_dropout=0.0,
+                  initializer_range=0.02)  # fmt: skip
     text = dict(vocab_size=len(tok.vocab), hidden_size=w, intermediate_size=4 * w, num_hidden_layers=d,
                 num_attention_heads=cfg.heads, max_position_embeddings=cfg.max_text_len + 2, encoder_hidden_size=w,
                 pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id,
