@@ -155,38 +155,91 @@ def summary(preset: str, results_dir: str, log=print) -> dict:
     return out
 
 
+def report(preset: str, results_dir: str) -> str:
+    """Markdown tables for the README: R@K per method (mean +- std over seeds) and the paired differences."""
+    recs = [r for r in load_records(results_dir) if r["paper"] == PAPER and r["preset"] == preset]
+    runs = [r for r in recs if r["benchmark"].endswith("teacher")]
+    by: dict = {}
+    for r in runs:
+        by.setdefault(r["method"], []).append(r)
+    cols = ("TR@1", "TR@5", "TR@10", "IR@1", "IR@5", "IR@10", "comp_acc", "topk_kendall")
+    lines = ["| method | n | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    order = [m for m in (*MAIN, *EXTRA) if m in by]
+    for m in order:
+        cells = []
+        for c in cols:
+            v = [r["metrics"][c] for r in by[m] if c in r["metrics"]]
+            cells.append(f"{np.mean(v):.1f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.1f}" if c != "topk_kendall"
+                         else f"{np.mean(v):.3f} ± {np.std(v, ddof=1) if len(v) > 1 else 0:.3f}")  # fmt: skip
+        lines.append(f"| {m} | {len(by[m])} | " + " | ".join(cells) + " |")
+    teach = [r["extra"]["teacher"] for r in runs if "teacher" in r.get("extra", {})]
+    if teach:
+        t = teach[0]
+        lines.append("| teacher (re-ranks the no_kd student's top-k) | 1 | " + " | ".join(
+            f"{t[c]:.1f}" if c in t else "—" for c in cols) + " |")  # fmt: skip
+    lines += ["", "| difference (within seed) | n | " + " | ".join(cols[:6]) + " |", "|---|---|" + "---|" * 6]
+    for r in sorted((r for r in recs if r["method"].startswith("paired-")), key=lambda r: r["method"]):
+        m = r["metrics"]
+        cells = [f"{m[c + '_diff']:+.1f} [{m[c + '_ci_lo']:+.1f}, {m[c + '_ci_hi']:+.1f}]" if c + "_diff" in m else "—"
+                 for c in cols[:6]]  # fmt: skip
+        lines.append(f"| {r['method'][7:]} | {len(r['protocol']['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="shapes")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--methods", nargs="+", default=list(MAIN), help=f"main: {MAIN}; more: {EXTRA}")
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every run")
-    ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--summary-only", action="store_true", help="recompute the paired records, print the tables")
+    ap.add_argument("--wait-for-gates", action="store_true",
+                    help="a second worker: wait until the first has recorded the gates; stop unless all passed")  # fmt: skip
     args = ap.parse_args(argv)
     base = override(PRESETS[args.preset], args.set)
     if args.summary_only:
         summary(args.preset, base.results_dir)
+        print(report(args.preset, base.results_dir))
         return
     t0 = time.time()
-    if not gate_disjoint(base):
+    if args.wait_for_gates:
+        if not wait_for_gates(base):
+            print("verdict: untestable: a gate failed (see the gate records)")
+            return
+    elif not gate_disjoint(base):
         print("verdict: untestable: gate-disjoint failed")
         return
     methods = ["no_kd"] + [m for m in args.methods if m != "no_kd"]
     for seed in args.seeds:
         for method in methods:
             cfg = override(base, [f"seed={seed}", f"method={method}"])
-            if seed == args.seeds[0] and method == "no_kd":
+            gate_run = seed == args.seeds[0] and method == "no_kd" and not args.wait_for_gates
+            if gate_run:
                 cfg = override(cfg, ["eval_teacher=true"])
             print(f"=== {method} seed {seed} ({time.time() - t0:.0f}s)", flush=True)
-            rec_path = None
             metrics = run_shapes(cfg)
-            if seed == args.seeds[0] and method == "no_kd":
-                rec_path = json.loads((_run_dir(cfg) / "eval.json").read_text())
-                ok_t, ok_r = gates_from_labels_only(cfg, metrics, rec_path["extra"])
+            if gate_run:
+                ev = json.loads((_run_dir(cfg) / "eval.json").read_text())
+                ok_t, ok_r = gates_from_labels_only(cfg, metrics, ev["extra"])
                 if not (ok_t and ok_r):
                     print(f"verdict: untestable: gate {'teacher' if not ok_t else 'resolution'} failed")
                     return
         summary(args.preset, base.results_dir)
+
+
+def wait_for_gates(cfg, poll_s: float = 30.0) -> bool:
+    from pathlib import Path
+
+    root = Path(cfg.results_dir) / PAPER / cfg.preset
+    names = ("gate-disjoint", "gate-teacher", "gate-resolution")
+    while True:
+        recs = {n: root / f"{n}-seed0.json" for n in names}
+        if all(p.is_file() for p in recs.values()):
+            return all(json.loads(p.read_text())["metrics"]["passed"] == 1.0 for p in recs.values())
+        bad = [p for p in recs.values() if p.is_file() and json.loads(p.read_text())["metrics"]["passed"] != 1.0]
+        if bad:
+            return False
+        time.sleep(poll_s)
 
 
 def _run_dir(cfg):
