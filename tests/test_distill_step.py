@@ -244,7 +244,11 @@ def test_w_g_calibration_by_gradient_norms():
     assert logs["w_g"] == 0.0 and step.state["w_g"] is None  # before the measurement: no GAN term
     out = step.generate(G, *step.make_input(z), None)
     _, logs = step.generator_loss(out, None, 3, torch.Generator().manual_seed(0))
+    assert logs["w_g"] == 0.0  # measured on this update's micro-batches, applied from the next update on
+    step.finish_micro_batches()
     ratio = step.state["calib"]["dm_over_gan_grad"]
+    out = step.generate(G, *step.make_input(z), None)
+    _, logs = step.generator_loss(out, None, 4, torch.Generator().manual_seed(0))
     assert ratio > 0 and logs["w_g"] == pytest.approx(2.0 * ratio)
     # measured once
     step.generator_loss(step.generate(G, *step.make_input(z), None), None, 9, torch.Generator().manual_seed(1))

@@ -183,6 +183,10 @@ class GenOutput:
     schedule: Any = None
     extra: dict = field(default_factory=dict)
 
+    def detached(self) -> GenOutput:
+        """The same output without its graph (what the critic half of the step trains on)."""
+        return GenOutput(self.x_in.detach(), self.idx, self.k, self.x0.detach(), self.schedule, self.extra)
+
     @property
     def eps(self) -> torch.Tensor:
         """The generator's eps at its input (TDM's deterministic DDIM step), from x0 by the schedule."""
@@ -319,6 +323,8 @@ class DistillStep:
         self.reduce_mean = reduce_mean
         # checkpointed by the trainer: the effective w_G and how it was measured (authors' recipe)
         self.state: dict = {"w_g": None if w_g_calibrate else w_g, "calib": None}
+        self._ratios: list[torch.Tensor] = []  # w_G measurements of the current generator update's micro-batches
+        self._calib_step = 0
 
     @property
     def gan(self) -> bool:
@@ -413,8 +419,19 @@ class DistillStep:
             return
         gd = torch.autograd.grad(self.dm_weight * l_dm, x, retain_graph=True)[0].norm()
         gg = torch.autograd.grad(l_gan, x, retain_graph=True)[0].norm().clamp_min(1e-12)
-        ratio = self.reduce_mean((gd / gg).reshape(1)).item()
-        self.state["w_g"], self.state["calib"] = self.w_g * ratio, {"iteration": step, "dm_over_gan_grad": ratio}
+        self._ratios.append((gd / gg).detach().reshape(1))
+        self._calib_step = step
+
+    def finish_micro_batches(self) -> None:
+        """After the micro-batches of a generator update: a pending w_G measurement becomes the mean ratio over
+        every micro-batch of every process (so it does not depend on how the batch is split); it applies from the
+        next generator update on."""
+        if not self._ratios:
+            return
+        ratio = self.reduce_mean(torch.cat(self._ratios).mean().reshape(1)).item()
+        self._ratios = []
+        self.state["w_g"] = self.w_g * ratio
+        self.state["calib"] = {"iteration": self._calib_step, "dm_over_gan_grad": ratio}
 
     # ---- critic loss ----
 

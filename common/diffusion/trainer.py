@@ -12,11 +12,20 @@ generator are `torch.optim.swa_utils.AveragedModel`s; the DMD2 code keeps none a
 so the loop also keeps the generator with the best validation score (`score_fn`, on samples disjoint from the test
 samples) as `best_generator.pt`. Re-running resumes from the last checkpoint.
 
-Left out: gradient accumulation inside an iteration (the global batch is one forward per process), FSDP.
+Gradient accumulation: an iteration is `grad_accum` micro-batches per process (the global-batch contract of
+common.launch); generator and critic gradients are summed over them (`accelerator.backward` divides each loss by
+the accumulation count; DDP synchronises on the
+last one only) before one optimiser step each, so TTUR counts optimiser steps, not micro-batches. Every random draw
+of a micro-batch (data, noise, noise levels, student step k) comes from a generator keyed by (seed, iteration,
+global micro-batch index), so a run's parameters depend on the micro-batch size but not on how the micro-batches are
+spread over processes: 2 processes x 2 micro-batches end where 1 process x 4 micro-batches ends (tested).
+
+Left out: FSDP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +35,7 @@ import torch
 from common.checkpoint import Checkpointer, atomic_torch_save
 from common.diffusion.losses import gen_turn
 
-__all__ = ["OptimSettings", "make_ema", "make_optimizers", "check_finite", "train_loop"]
+__all__ = ["OptimSettings", "make_ema", "make_optimizers", "check_finite", "micro_generator", "train_loop"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,27 @@ def make_ema(G, rates) -> list:
     return [
         AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(r), use_buffers=True).requires_grad_(False) for r in rates
     ]
+
+
+def micro_generator(seed: int, iteration: int, micro: int) -> torch.Generator:
+    """The RNG of one micro-batch, keyed by (seed, iteration, global micro-batch index); micro=-1: shared by all."""
+    key = (int(seed) * 1_000_003 + int(iteration)) * 65_537 + int(micro) + 1
+    return torch.Generator().manual_seed(key % (2**63 - 1))
+
+
+def _sync_on_last(acc, models, j: int, accum: int):
+    """DDP reduces gradients only on the last micro-batch of an iteration (accelerate's no_sync before it)."""
+    stack = contextlib.ExitStack()
+    if j < accum - 1:
+        for m in models:
+            if m is not None:
+                stack.enter_context(acc.no_sync(m))
+    return stack
+
+
+def _mean_logs(logs: list[dict]) -> dict:
+    keys = dict.fromkeys(k for d in logs for k in d)
+    return {k: sum(d[k] for d in logs if k in d) / sum(1 for d in logs if k in d) for k in keys}
 
 
 def check_finite(name, value, step):
@@ -132,8 +162,6 @@ def train_loop(
     step.G, step.fake, step.head = G_raw, fake, head
     step.reduce_mean = lambda t: acc.reduce(t, reduction="mean")
     ema = make_ema(G_raw, o.ema_rates)
-    g = torch.Generator().manual_seed(cfg_seed * 1000 + acc.process_index)
-    g_shared = torch.Generator().manual_seed(cfg_seed * 1000 + 999)
     ckpt = Checkpointer(run.dir / "checkpoints", keep=keep_ckpts, accelerator=acc)
     objects = {
         "generator": G,
@@ -143,31 +171,39 @@ def train_loop(
         "opt_c": opt_c,
         "sched_g": sched_g,
         "sched_c": sched_c,
-        "rng": g,
-        "rng_shared": g_shared,
         **{f"ema{i}": e for i, e in enumerate(ema)},
     }
     start_step, saved = ckpt.resume(objects)
     state = {"trace": [], "best": None, **step.state, **(saved or {})}
     step.state = state
     critic_params = step.critic_parameters()
-    n = run.per_device_batch
+    n, accum = run.per_device_batch, run.grad_accum
+    rank = acc.process_index
     bar = run.progress(range(start_step, steps), total=steps, initial=start_step, desc=desc)
     for it in bar:
         turn = gen_turn(it, o.ttur_ratio)
-        b = draw(n, g)
-        x_in, idx, k = step.make_input(b.z, b.cond, b.real, g, g_shared)
-        with torch.set_grad_enabled(turn), acc.autocast():
-            out = step.generate(G, x_in, idx, k, b.cond)
-        logs = {}
-        if turn:  # ---- generator update (critic frozen) ----
-            for m in (fake, head):
-                if m is not None:
-                    m.requires_grad_(False)
-            with acc.autocast():
-                loss_g, lg = step.generator_loss(out, b.cond, it, g)
-            check_finite("generator loss", loss_g.item(), it)
-            acc.backward(loss_g)
+        g_shared = micro_generator(cfg_seed, it, -1)  # one draw every process agrees on (e.g. one k per batch)
+        micro = []
+        for j in range(accum):  # ---- generator outputs; generator gradients on generator turns ----
+            g = micro_generator(cfg_seed, it, rank * accum + j)
+            b = draw(n, g)
+            x_in, idx, k = step.make_input(b.z, b.cond, b.real, g, g_shared)
+            with torch.set_grad_enabled(turn), acc.autocast():
+                out = step.generate(G, x_in, idx, k, b.cond)
+            logs = {}
+            if turn:  # critic frozen; DDP reduces the generator gradients on the last micro-batch only
+                for m in (fake, head):
+                    if m is not None:
+                        m.requires_grad_(False)
+                with _sync_on_last(acc, [G], j, accum), acc.autocast():
+                    loss_g, lg = step.generator_loss(out, b.cond, it, g)
+                    check_finite("generator loss", loss_g.item(), it)
+                    acc.backward(loss_g)  # accelerate divides by the accumulation count
+                logs.update(lg)
+            micro.append((b, out.detached(), g, logs))
+        logs = _mean_logs([m[3] for m in micro])
+        if turn:  # ---- generator update ----
+            step.finish_micro_batches()
             if o.gen_clip:
                 acc.clip_grad_norm_(G.parameters(), o.gen_clip)
             opt_g.step()
@@ -178,21 +214,23 @@ def train_loop(
                     m.requires_grad_(True)
             for e in ema:
                 e.update_parameters(G_raw)
-            xm = acc.gather(out.x0.detach().float()).flatten(1)
+            xm = acc.gather(torch.cat([m[1].x0 for m in micro]).float()).flatten(1)
             state["trace"].append([xm.mean(0).norm().item(), (xm**2).mean().item()])  # "brightness" trace
-            logs.update(lg)
         sched_g.step()
-        # ---- critic update: fake-score denoising loss + w_D * GAN discriminator loss ----
-        with acc.autocast():
-            loss_c, lc = step.critic_loss(out, b.cond, b.real, b.real_cond, g)
-        check_finite("critic loss", loss_c.item(), it)
-        acc.backward(loss_c)
+        # ---- critic update: fake-score denoising loss + w_D * GAN discriminator loss, summed over micro-batches ----
+        critic_logs = []
+        for j, (b, out, g, _) in enumerate(micro):
+            with _sync_on_last(acc, [fake, head], j, accum), acc.autocast():
+                loss_c, lc = step.critic_loss(out, b.cond, b.real, b.real_cond, g)
+                check_finite("critic loss", loss_c.item(), it)
+                acc.backward(loss_c)
+            critic_logs.append(lc)
         if o.critic_clip:
             acc.clip_grad_norm_(critic_params, o.critic_clip)
         opt_c.step()
         opt_c.zero_grad(set_to_none=True)
         sched_c.step()
-        logs.update(lc)
+        logs.update(_mean_logs(critic_logs))
         gen_step = it // o.ttur_ratio
         if turn and eval_every and score_fn is not None and gen_step % eval_every == 0 and gen_step > 0:
             score = score_fn(G_raw)  # selection metric on a validation set
