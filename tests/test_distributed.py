@@ -1,4 +1,4 @@
-"""Two gloo processes on CPU: world size 2 and gradients equal to one process on the same global batch."""
+"""Two gloo processes on CPU (torchrun --standalone: sockets on loopback only): world size 2 and gradients equal to one process on the same global batch."""
 
 import os
 import subprocess
@@ -23,7 +23,7 @@ def reference_grads(global_batch):
 
 
 @pytest.mark.parametrize("per_device_batch,expected_accum", [(0, 1), (2, 2)])
-def test_two_processes_match_one(tmp_path, per_device_batch, expected_accum):
+def test_two_processes_match_one_loopback(tmp_path, per_device_batch, expected_accum):
     out = tmp_path / "grads.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
@@ -46,7 +46,7 @@ def test_two_processes_match_one(tmp_path, per_device_batch, expected_accum):
         torch.testing.assert_close(got["grads"][name], g, rtol=1e-5, atol=1e-6)
 
 
-def test_dmd2_loop_two_processes_with_accumulation_match_one(tmp_path):
+def test_dmd2_loop_two_processes_with_accumulation_match_one_loopback(tmp_path):
     """DMD2 through its entry point: 2 processes x 2 micro-batches == 1 process x 4 (TTUR, GAN, w_G calibration)."""
     from loop_equivalence import assert_same, run_both
 
