@@ -48,7 +48,7 @@ VARIANTS = {  # method -> overrides
 GATE_SEEDS = 3  # independent test draws for the resolution gate
 
 
-def _argv(method, seed, results_dir, out_dir):
+def _argv(method, seed, results_dir, out_dir, extra=()):
     kv = {
         **BASE,
         **VARIANTS[method],
@@ -59,7 +59,7 @@ def _argv(method, seed, results_dir, out_dir):
         "results_dir": results_dir,
         "out_dir": out_dir,
     }
-    return ["--preset", "toy2d", "--set", *[f"{k}={v}" for k, v in kv.items()]]
+    return ["--preset", "toy2d", "--set", *[f"{k}={v}" for k, v in kv.items()], *extra]
 
 
 def _record_path(results_dir, method, seed):
@@ -68,7 +68,7 @@ def _record_path(results_dir, method, seed):
     return record_path({"paper": "tdm", "preset": PRESET, "method": method, "seed": seed}, results_dir)
 
 
-def gates(seeds, results_dir) -> bool:
+def gates(seeds, results_dir, extra=()) -> bool:
     """Gate records (a) room to gain and (b) resolution, from teacher samples only; returns whether both pass."""
     from common.config import override
     from common.metrics.toy import sliced_wasserstein
@@ -77,7 +77,7 @@ def gates(seeds, results_dir) -> bool:
     from papers.tdm.eval import sample
     from papers.tdm.model import build_toy
 
-    cfg = override(PRESETS["toy2d"], [f"{k}={v}" for k, v in BASE.items()] + ["init_steps=0"])
+    cfg = override(PRESETS["toy2d"], [f"{k}={v}" for k, v in BASE.items()] + ["init_steps=0", *extra])
     S = build_toy(cfg)
     data, n = S.extra["data"], cfg.eval_samples
     ok = True
@@ -278,11 +278,12 @@ def main(argv=None):
     p.add_argument("--out-dir", default="runs")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the claim runs are small)")
     p.add_argument("--summary", action="store_true", help="only print the tables from existing records")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="extra overrides of every run (tests)")
     p.add_argument("--readme", action="store_true", help="also regenerate the tables in papers/tdm/README.md")
     args = p.parse_args(argv)
     if not args.summary:
         torch.set_num_threads(args.threads)
-        if not gates(args.seeds, args.results_dir):
+        if not gates(args.seeds, args.results_dir, args.set):
             print("[claims] verdict: untestable -- a gate failed; no claim runs")
         else:
             from papers.tdm.train import main as train_main
@@ -293,7 +294,7 @@ def main(argv=None):
                         print(f"[claims] skip {method} seed {seed}: record exists")
                         continue
                     print(f"[claims] {method} seed {seed}", flush=True)
-                    train_main(_argv(method, seed, args.results_dir, args.out_dir))
+                    train_main(_argv(method, seed, args.results_dir, args.out_dir, args.set))
     text = summary(args.results_dir)
     if args.readme:
         write_readme(args.results_dir)
