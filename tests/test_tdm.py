@@ -16,16 +16,18 @@ from common.diffusion.losses import dm_loss
 from common.diffusion.schedules import VPSchedule, eps_from_x0
 from papers.tdm.losses import paper_huber_c, tdm_loss
 from papers.tdm.trajectory import (
-    StepCond,
     StepConditioned,
+    WithoutK,
     importance_weights,
+    matching_sample,
     pick,
     rollout_points,
     sample_k,
     sample_segments,
-    segment_step,
+    split_k,
     student_sample,
     student_times,
+    with_k,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +84,7 @@ def test_rollout_points_equal_per_k_sampling():
     g = torch.Generator().manual_seed(2)
     z = torch.randn(9, 3, generator=g)
     k = torch.tensor([1, 2, 4, 4, 2, 1, 4, 2, 4])
-    pts = rollout_points(net, SCHED, z, k, 900, None, False)
+    pts = rollout_points(net, SCHED, z, k, 900, None)
     for kk in (1, 2, 4):
         m = k == kk
         x = z[m]
@@ -102,7 +104,7 @@ def test_rollout_points_equal_per_k_sampling():
     assert torch.equal(pick(pts, i)[2], pts[3][2]) and torch.equal(pick(pts, i)[3], pts[2][3])
 
 
-def test_segment_step_forward_transition_and_weights():
+def test_matching_sample_forward_transition_and_weights():
     """x_tau = (a_tau / a_end) x_end + beta n around the trajectory point; clean: a_tau x0 + s_tau n, weight 1."""
     net = Lin()
     g = torch.Generator().manual_seed(3)
@@ -110,10 +112,10 @@ def test_segment_step_forward_transition_and_weights():
     seg = sample_segments(k, 900, "trajectory", generator=g)
     z = torch.randn(6, 2, generator=g)
     x_start = pick(rollout_points(net, SCHED, z, k, 900), seg.i)
-    gen = torch.Generator().manual_seed(5)
-    x0, x_tau, n = segment_step(net, SCHED, x_start, seg, "trajectory", generator=gen)
     ts = seg.t_start
-    eps = eps_from_x0(x_start, net(x_start, ts), *SCHED.alpha_sigma(ts))
+    x0 = net(x_start, ts)
+    x_tau, n = matching_sample(SCHED, x_start, x0, seg, "trajectory", generator=torch.Generator().manual_seed(5))
+    eps = eps_from_x0(x_start, x0, *SCHED.alpha_sigma(ts))
     a_e, s_e = SCHED.alpha_sigma(seg.t_end)
     x_end = a_e[:, None] * x0 + s_e[:, None] * eps
     a_t, s_t = SCHED.alpha_sigma(seg.tau)
@@ -122,9 +124,9 @@ def test_segment_step_forward_transition_and_weights():
     w = importance_weights(x_tau, x0, n, SCHED, seg.tau)
     m = (x_tau - a_t[:, None] * x0) / s_t[:, None]
     assert torch.allclose(w, torch.exp(-0.5 * (m**2).mean(1) + 0.5 * (n**2).mean(1)), rtol=1e-5)
-    x0c, x_tau_c, nc = segment_step(net, SCHED, x_start, seg, "clean", generator=torch.Generator().manual_seed(5))
-    assert torch.allclose(x_tau_c, a_t[:, None] * x0c + s_t[:, None] * nc, atol=1e-6)
-    assert torch.allclose(importance_weights(x_tau_c, x0c, nc, SCHED, seg.tau), torch.ones(6), atol=1e-4)
+    x_tau_c, nc = matching_sample(SCHED, x_start, x0, seg, "clean", generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(x_tau_c, a_t[:, None] * x0 + s_t[:, None] * nc, atol=1e-6)
+    assert torch.allclose(importance_weights(x_tau_c, x0, nc, SCHED, seg.tau), torch.ones(6), atol=1e-4)
 
 
 def test_loss_forms_gradients():
@@ -158,19 +160,25 @@ def test_step_conditioning_starts_as_the_base_and_learns_k():
     ref = base(x, s)
     net = StepConditioned(base, (1, 2, 4))
     k = torch.tensor([1, 2, 4, 1, 2, 4])
-    assert torch.allclose(net(x, s, StepCond(None, k)), ref)  # zero-initialised embedding
-    loss = net(x, s, StepCond(None, k)).pow(2).sum()
+    assert torch.allclose(net(x, s, with_k(None, k)), ref)  # zero-initialised embedding
+    loss = net(x, s, with_k(None, k)).pow(2).sum()
     loss.backward()
     assert net.embed.weight.grad[[1, 2, 4]].abs().sum() > 0 and net.embed.weight.grad[3].abs().sum() == 0
     with torch.no_grad():
         net.embed.weight.normal_()
     same = x[:1].repeat(3, 1)
-    out = net(same, s[:3], StepCond(None, torch.tensor([1, 2, 4])))
+    out = net(same, s[:3], with_k(None, torch.tensor([1, 2, 4])))
     assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[1], out[2])
     with pytest.raises(ValueError, match="not among"):
-        net(x, s, StepCond(None, torch.full((6,), 3)))
+        net(x, s, with_k(None, torch.full((6,), 3)))
     with pytest.raises(TypeError):
         net(x, s, None)
+    # the step count rides in the conditioning dict; the teacher never sees it
+    c = with_k({"cond": torch.ones(6), "uncond": torch.zeros(6)}, k)
+    assert split_k(c)[0].keys() == {"cond", "uncond"} and split_k(with_k(torch.ones(2), k))[0].shape == (2,)
+    seen = []
+    WithoutK(lambda x, t, cond: seen.append(cond) or x)(x, s, with_k(None, k))
+    assert seen == [None]
 
 
 def test_step_conditioning_taps_diffusers_backbones():

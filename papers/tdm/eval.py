@@ -127,7 +127,7 @@ def _metric_fn(cfg, S, n):
     return fn, "FD", "sklearn digits 8x8", protocol
 
 
-def evaluate(cfg, run, S, G, ema=(), train_wall_time_s=None) -> dict:
+def evaluate(cfg, run, S, G, ema=(), best=None, train_wall_time_s=None) -> dict:
     """Evaluate the student at eval_ks and the teacher at teacher_steps_eval; write records and pictures."""
     if cfg.task not in ("toy2d", "digits"):
         from papers.tdm.fullscale import evaluate_fullscale
@@ -148,6 +148,8 @@ def evaluate(cfg, run, S, G, ema=(), train_wall_time_s=None) -> dict:
     ref_n = max(cfg.teacher_steps_eval)
     thr, thr_t = stud[cfg.student_k][1], teach[ref_n][1]
     metrics[f"throughput vs teacher@{ref_n}"] = thr / thr_t
+    for r, e in zip(cfg.ema_rates, ema):  # torch AveragedModel copies of the student
+        metrics[f"{main} (EMA {r})"] = fn(sample(cfg, S, e.module.eval(), cfg.student_k, n, dev, cfg.unify)[0])[main]
     bench = cfg.benchmark or f"tdm / {cfg.preset}"
     method = cfg.method or "tdm"
     if run.is_main:
@@ -164,7 +166,12 @@ def evaluate(cfg, run, S, G, ema=(), train_wall_time_s=None) -> dict:
             sampling_throughput=thr,
             peak_memory_mb=peak_memory_mb(),
             train_wall_time_s=train_wall_time_s,
-            extra={"run_dir": str(run.dir), "teacher_nfe_for_throughput": ref_n, "teacher_throughput": thr_t},
+            extra={
+                "run_dir": str(run.dir),
+                "teacher_nfe_for_throughput": ref_n,
+                "teacher_throughput": thr_t,
+                "best_validation": best,
+            },
         )
         write_record(rec, root=cfg.results_dir)
         for k, (x, th) in teach.items():
@@ -177,7 +184,7 @@ def evaluate(cfg, run, S, G, ema=(), train_wall_time_s=None) -> dict:
                 nfe=k,
                 sampling_throughput=th,
             )
-            write_record(trec, root=cfg.results_dir)
+            write_record(trec, root=cfg.results_dir, same_config=False)  # the teacher does not depend on the variant
         if cfg.task == "toy2d":
             panels = {f"teacher {k} steps": x for k, (x, _) in teach.items()}
             panels.update({f"{method} K={k}": x for k, (x, _) in stud.items()})
@@ -207,7 +214,7 @@ def main(argv=None):
     if ckpt.latest() is None:
         raise SystemExit(f"error: no checkpoint in {run.dir / 'checkpoints'}; run python -m papers.tdm.train first")
     payload = torch.load(ckpt.latest(), map_location="cpu", weights_only=False)
-    S.student.load_state_dict(payload["objects"]["student"])
+    S.student.load_state_dict(payload["objects"]["generator"])
     out = evaluate(cfg, run, S, S.student.to(run.device))
     run.finish()
     return out

@@ -45,6 +45,7 @@ class Setup:
     schedule: VPSchedule
     sample_cond: Any  # (n, generator) -> conditioning (None when unconditional)
     noise_shape: tuple
+    guided: bool = False  # the teacher takes {"cond", "uncond"} and is queried with CFG
     extra: dict = field(default_factory=dict)
 
 
@@ -84,7 +85,7 @@ def build_toy(cfg) -> Setup:
     _regress(base, teacher, data, schedule, cfg.init_steps, 1024, cfg.seed, sd)  # independent of the run batch
     student = _k_aware(cfg, copy.deepcopy(base))
     fake = _k_aware(cfg, copy.deepcopy(base))
-    return Setup(student, teacher, fake, schedule, lambda n, g: None, (2,), extra={"data": data, "init": base})
+    return Setup(student, teacher, fake, schedule, lambda n, g: None, (2,), extra={"data": data})
 
 
 def build(cfg) -> Setup:

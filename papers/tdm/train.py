@@ -1,23 +1,26 @@
 """TDM training: a K-step (or step-count-aware) student by trajectory distribution matching.
 
-    python -m papers.tdm.train                        # embedded default: toy2d, about a minute on 2 CPU cores
+    python -m papers.tdm.train                        # embedded default: toy2d, a few minutes on 2 CPU cores
     python -m papers.tdm.train --set unify=true       # TDM-unify: one student for K in {1, 2, 4}
     python -m papers.tdm.train --preset digits
     accelerate launch papers/tdm/train.py --preset pixart512 --set prompts=prompts.txt
 
-One iteration (official demo; paper Algorithm in §4): draw noise, a step count K per sample (unify) and roll the
-current student out along its deterministic K-step trajectory without gradients. Fake step: pick a segment and a
-level tau per sample, form x_tau from the student's step, and update the fake score with the SNR-clamped x0 loss
-times the importance weights (Eq. 7). Generator step: pick new segments and levels on the same trajectories, make
-the segment's student step with gradients, diffuse its result to x_tau, and minimise the normalised pseudo-Huber
-distance to the target corrected by teacher (CFG) minus fake score (Eq. 6). No images are used.
-Re-running the same command resumes.
+TDM is the shared distillation step of common/diffusion/distill.py with these parts (paper §4; official demo):
+- generator input: a step count K per sample (unify) and the current student's deterministic K-step trajectory
+  from pure noise, rolled out without gradients; per sample a segment i, whose point x_{t_i} is the input of the
+  one differentiable student step (`TDMStep.make_input`);
+- matching sample (`dm_noise`): the step's next trajectory point, diffused to a level tau inside the segment;
+- target: the frozen teacher (CFG for text-to-image), never told K; the fake score is K-aware under unify;
+- generator loss: the normalised pseudo-Huber trajectory loss (Eq. 6) as the step's extra loss (dm_weight 0);
+- critic: the fake score's x0 loss x min(SNR, 5) x importance weight on its own tau draw (Eq. 7);
+- optimisation: 1 : 1 updates, AdamW betas (0, 0.95), student clip 1, student LR schedule with warm-up, constant
+  unclipped fake LR (official demo). The shared loop updates the student first and then the fake score on the
+  same (pre-update) student step; the demo updates the fake score first.
+No images are used. Re-running the same command resumes.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import sys
 from pathlib import Path
 
@@ -26,133 +29,142 @@ if __package__ in (None, ""):  # `accelerate launch papers/tdm/train.py`
 
 import torch
 
-from common.checkpoint import Checkpointer
 from common.config import parse_cli
-from common.diffusion.losses import fake_score_loss
-from common.diffusion.schedules import snr
+from common.diffusion.distill import DistillStep, FixedTarget, GenOutput, GuidedTarget, Noised
+from common.diffusion.trainer import Batch, OptimSettings, train_loop
 from common.launch import start
+from common.results import check_record_slot
 from papers.tdm.config import PRESETS, Config
 from papers.tdm.losses import tdm_loss
 from papers.tdm.model import build
 from papers.tdm.trajectory import (
+    WithoutK,
     importance_weights,
+    matching_sample,
     pick,
+    resample_tau,
     rollout_points,
     sample_k,
     sample_segments,
-    segment_step,
+    split_k,
     with_k,
 )
 
 
-def check_finite(name, value, step):
-    if not math.isfinite(value):
-        raise FloatingPointError(
-            f"{name} is {value} at iteration {step}; lower gen_lr/fake_lr (the last checkpoint is intact)"
+class TDMStep(DistillStep):
+    """The shared step with TDM's input (a segment step of the student's own trajectory) and matching sample."""
+
+    def __init__(self, cfg, S):
+        teacher = WithoutK(S.teacher)
+        target = GuidedTarget(teacher, cfg.guidance) if S.guided else FixedTarget(teacher)
+        super().__init__(
+            generator=S.student,
+            fake=S.fake,
+            target=target,
+            schedule=S.schedule,
+            rollout_rule="ddim",
+            dm_weight=0.0,  # the trajectory loss below replaces DMD2's operator
+            dm_noise=self._dm_noise,
+            extra_gen_losses={"tdm": (1.0, self._tdm_loss)},
+            fake_loss="x0_snr",
+            snr_gamma=cfg.snr_clamp,
+            critic_noise=self._critic_noise,
         )
+        self.cfg = cfg
+
+    def _tau(self, seg, g):
+        c = self.cfg
+        return resample_tau(seg, c.total_steps, c.match, c.tau_min, c.tau_gap, generator=g)
+
+    def make_input(self, z, cond=None, real=None, g=None, g_shared=None):
+        """(x_{t_i}, t_i, segments): per-sample K (from the conditioning under unify) and segment i."""
+        c = self.cfg
+        k = split_k(cond)[1] if c.unify else torch.full((z.shape[0],), c.student_k, dtype=torch.long)
+        seg = sample_segments(k.cpu(), c.total_steps, c.match, c.tau_min, c.tau_gap, generator=g)
+        points = rollout_points(self.G, self.schedule, z, seg.k.to(z.device), c.total_steps, cond)
+        seg = type(seg)(*(v.to(z.device) for v in (seg.k, seg.i, seg.t_start, seg.t_end, seg.tau)))
+        return pick(points, seg.i), seg.t_start, seg
+
+    def generate(self, G, x_in, idx, seg, cond) -> GenOutput:
+        return GenOutput(x_in, idx, seg.i, G(x_in, self.t(idx), cond), self.schedule, {"seg": seg})
+
+    def _dm_noise(self, st, out, g) -> Noised:
+        seg = self._tau(out.extra["seg"], g)
+        x_tau, n = matching_sample(self.schedule, out.x_in, out.x0, seg, self.cfg.match, g)
+        return Noised(x_tau, seg.tau, n)
+
+    def _critic_noise(self, st, out, g) -> Noised:
+        seg = self._tau(out.extra["seg"], g)
+        x_tau, n = matching_sample(self.schedule, out.x_in, out.x0, seg, self.cfg.match, g)
+        w = importance_weights(x_tau, out.x0, n, self.schedule, seg.tau) if self.cfg.is_weights else None
+        return Noised(x_tau, seg.tau, n, weight=w)
+
+    def _tdm_loss(self, ctx):
+        c = self.cfg
+        x0 = ctx.out.x0.float()
+        return tdm_loss(x0, ctx.mu_real.float(), ctx.mu_fake.float(), c.loss_form, c.huber_c or None, c.normalise)
 
 
-def _segments(cfg, k, g):
-    return sample_segments(k, cfg.total_steps, cfg.match, cfg.tau_min, cfg.tau_gap, generator=g)
-
-
-def fake_loss(cfg, S, fake, G, points, k, cond, g):
-    """Fake-score loss on the student's segment samples (Eq. 7): min(SNR, clamp) x importance weight x x0-MSE."""
-    seg = _segments(cfg, k, g)
-    with torch.no_grad():
-        x0, x_tau, n = segment_step(G, S.schedule, pick(points, seg.i), seg, cfg.match, cond, cfg.unify, g)
-    pred = fake(x_tau, S.schedule.net_time(seg.tau), with_k(cond, seg.k, cfg.unify))
-    a, s = S.schedule.alpha_sigma(seg.tau)
-    w = importance_weights(x_tau, x0, n, S.schedule, seg.tau) if cfg.is_weights else None
-    loss = fake_score_loss("x0_snr", pred, x0.detach(), snr=snr(a, s), gamma=cfg.snr_clamp, weight=w)
-    return loss, {"is_weight_mean": w.mean().item() if w is not None else 1.0}
-
-
-def generator_loss(cfg, S, fake, G, points, k, cond, g):
-    """Trajectory distribution-matching loss (Eq. 6) of one differentiable student step per sample."""
-    seg = _segments(cfg, k, g)
-    x0, x_tau, _ = segment_step(G, S.schedule, pick(points, seg.i), seg, cfg.match, cond, cfg.unify, g)
-    t_tau = S.schedule.net_time(seg.tau)
-    with torch.no_grad():
-        mu_real = (
-            S.teacher(x_tau, t_tau, cond, guidance=cfg.guidance) if cfg.guidance > 1 else S.teacher(x_tau, t_tau, cond)
-        )
-        mu_fake = fake(x_tau, t_tau, with_k(cond, seg.k, cfg.unify))
-    loss = tdm_loss(x0.float(), mu_real.float(), mu_fake.float(), cfg.loss_form, cfg.huber_c or None, cfg.normalise)
-    return loss, x0
+def optim_settings(cfg) -> OptimSettings:
+    """Official demo: AdamW (0, 0.95), wd 1e-2, eps 1e-8; student: warm-up + schedule, clip 1; fake: constant."""
+    return OptimSettings(
+        gen_lr=cfg.gen_lr,
+        critic_lr=cfg.fake_lr,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.weight_decay,
+        eps=1e-8,
+        warmup=cfg.warmup,
+        gen_scheduler=cfg.lr_schedule,
+        critic_scheduler="constant",
+        critic_warmup=0,
+        total_steps=max(cfg.steps, 1),
+        gen_clip=cfg.grad_clip,
+        critic_clip=0.0,
+        ttur_ratio=1,
+        ema_rates=cfg.ema_rates,
+    )
 
 
 def main(argv=None) -> dict:
     cfg = parse_cli(Config, PRESETS, argv, description=__doc__)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    from diffusers.optimization import get_scheduler
-
+    check_record_slot("tdm", cfg.preset, cfg.method or "tdm", cfg, cfg.results_dir)  # refuse before training
     run = start(cfg, paper="tdm")
-    acc, dev = run.accelerator, run.device
+    dev = run.device
     S = build(cfg)
-    S.student.to(dev), S.fake.to(dev), S.teacher.to(dev)
-    betas = (cfg.adam_beta1, cfg.adam_beta2)
-    opt_g = torch.optim.AdamW(
-        S.student.parameters(), lr=cfg.gen_lr, betas=betas, weight_decay=cfg.weight_decay, eps=1e-8
-    )
-    opt_f = torch.optim.AdamW(S.fake.parameters(), lr=cfg.fake_lr, betas=betas, weight_decay=cfg.weight_decay, eps=1e-8)
-    sched_g = get_scheduler(cfg.lr_schedule, opt_g, num_warmup_steps=cfg.warmup, num_training_steps=max(cfg.steps, 1))
-    G, fake, opt_g, opt_f = acc.prepare(S.student, S.fake, opt_g, opt_f)
-    S.student, S.fake = G, fake
-    ema = [copy.deepcopy(acc.unwrap_model(G)).requires_grad_(False) for _ in cfg.ema_rates]
-    g = torch.Generator().manual_seed(cfg.seed * 1000 + acc.process_index)
-    ckpt = Checkpointer(run.dir / "checkpoints", keep=cfg.keep_ckpts, accelerator=acc)
-    objects = {"student": G, "fake": fake, "opt_g": opt_g, "opt_f": opt_f, "sched_g": sched_g, "rng": g}
-    objects.update({f"ema{i}": e for i, e in enumerate(ema)})
-    start_step, state = ckpt.resume(objects)
-    state = state or {}
+    for m in (S.student, S.fake, S.teacher):
+        m.to(dev)
+    step = TDMStep(cfg, S)
+
+    def draw(n, g):
+        cond = S.sample_cond(n, g)
+        if cfg.unify:  # TDM-unify (Eq. 8): K uniform over the supported counts, per sample
+            cond = with_k(cond, sample_k(n, cfg.unify_ks, g).to(dev))
+        return Batch(cond, None, None, torch.randn((n, *S.noise_shape), generator=g).to(dev))
+
     from papers.tdm.eval import evaluate, quick_score
 
-    n = run.per_device_batch
-    Gu = acc.unwrap_model(G)
-    bar = run.progress(range(start_step, cfg.steps), total=cfg.steps, initial=start_step, desc="tdm")
-    for step in bar:
-        cond = S.sample_cond(n, g)
-        z = torch.randn((n, *S.noise_shape), generator=g).to(dev)
-        k = sample_k(n, cfg.train_ks, g).to(dev)
-        points = rollout_points(Gu, S.schedule, z, k, cfg.total_steps, cond, cfg.unify)  # pre-update student
-        # ---- fake-score step ----
-        with acc.autocast():
-            l_fake, logs = fake_loss(cfg, S, fake, Gu, points, k, cond, g)
-        check_finite("fake-score loss", l_fake.item(), step)
-        acc.backward(l_fake)
-        opt_f.step()
-        opt_f.zero_grad(set_to_none=True)
-        # ---- generator step (fake score as just updated, frozen here) ----
-        fake.requires_grad_(False)
-        with acc.autocast():
-            l_gen, x0 = generator_loss(cfg, S, fake, G, points, k, cond, g)
-        check_finite("generator loss", l_gen.item(), step)
-        acc.backward(l_gen)
-        if cfg.grad_clip:
-            acc.clip_grad_norm_(G.parameters(), cfg.grad_clip)
-        opt_g.step()
-        opt_g.zero_grad(set_to_none=True)
-        opt_f.zero_grad(set_to_none=True)
-        sched_g.step()
-        fake.requires_grad_(True)
-        for e, r in zip(ema, cfg.ema_rates):
-            with torch.no_grad():
-                for pe, p in zip(e.parameters(), Gu.parameters()):
-                    pe.lerp_(p.detach(), 1 - r)
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and cfg.task in ("toy2d", "digits"):
-            logs["val_score"] = quick_score(cfg, S, Gu, dev)  # separate validation noise, never the test draw
-        if step % cfg.log_every == 0 or step == cfg.steps - 1 or "val_score" in logs:
-            run.log(step, loss_fake=l_fake.item(), loss_gen=l_gen.item(), lr_g=sched_g.get_last_lr()[0], **logs)
-        if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps:
-            ckpt.save(step + 1, objects, extra=state)
-    if start_step < cfg.steps or ckpt.latest() is None:
-        ckpt.save(cfg.steps, objects, extra=state)
-    out = evaluate(cfg, run, S, Gu, ema=ema, train_wall_time_s=ckpt.train_time_s())
+    res = train_loop(
+        run,
+        step,
+        draw,
+        optim_settings(cfg),
+        steps=cfg.steps,
+        ckpt_every=cfg.ckpt_every,
+        keep_ckpts=cfg.keep_ckpts,
+        log_every=cfg.log_every,
+        eval_every=cfg.eval_every if cfg.task in ("toy2d", "digits") else 0,
+        score_fn=lambda G: quick_score(cfg, S, G, dev),
+        desc="tdm",
+    )
+    S.student, S.fake = step.G, step.fake
+    out = evaluate(cfg, run, S, step.G, ema=res.ema, best=res.state.get("best"), train_wall_time_s=res.train_time_s)
     run.finish()
     return out
 
 
 if __name__ == "__main__":
-    main()
+    from common.cli import entry
+
+    entry(main)

@@ -9,7 +9,8 @@ and each matching level tau belongs to exactly one student step (paper Eq. 5; of
 Per training sample we draw the step count K (TDM-unify, Eq. 8: uniform over the supported counts), the segment
 i ~ U{0..K-1} and tau ~ U[max(tau_min, t_{i+1}), t_i - tau_gap) (official demo: 20 and 10). `rollout_points` runs
 every trajectory without gradients (one batched call per step, only the samples still moving; the demo keeps the
-same points); `segment_step` makes step i with gradients and diffuses its result into the segment.
+same points); the shared distillation step makes step i with gradients, and `matching_sample` diffuses its result into the
+segment.
 Matching modes (each an ablation switch):
   trajectory  x_tau from the trajectory point x_{t_{i+1}} = alpha x0_hat + sigma eps_hat   (TDM)
   clean       x_tau = alpha_tau x0_hat + sigma_tau n, tau anywhere in [tau_min, total - tau_gap)   (paper App.:
@@ -23,7 +24,6 @@ say how K enters the network: this is our design). Left out: the demo's `--use_r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -32,7 +32,10 @@ from common.diffusion.schedules import bcast, eps_from_x0, forward_transition
 
 __all__ = [
     "MATCH_MODES",
-    "StepCond",
+    "STEP_KEY",
+    "with_k",
+    "split_k",
+    "WithoutK",
     "StepConditioned",
     "student_times",
     "segment_bounds",
@@ -42,7 +45,8 @@ __all__ = [
     "ddim_move",
     "rollout_points",
     "pick",
-    "segment_step",
+    "resample_tau",
+    "matching_sample",
     "importance_weights",
     "student_sample",
 ]
@@ -94,32 +98,63 @@ def sample_segments(
     generator: torch.Generator | None = None,
 ) -> Segments:
     """Per-sample segment i ~ U{0..K-1} and matching level tau for trajectories of K steps (module docstring)."""
+    dev, k = k.device, k.long().cpu()
+    i = (torch.rand(len(k), generator=generator, dtype=torch.float64) * k).long().clamp_max(k - 1)
+    t_start, t_end = segment_bounds(total_steps, k, i)
+    seg = Segments(*(v.to(dev) for v in (k, i, t_start, t_end, torch.zeros_like(k))))
+    return resample_tau(seg, total_steps, mode, tau_min, tau_gap, generator)
+
+
+def resample_tau(seg: Segments, total_steps: int, mode="trajectory", tau_min=20, tau_gap=10, generator=None):
+    """A fresh matching level per sample for the same segments (trajectory / overlap / clean: module docstring)."""
     if mode not in MATCH_MODES:
         raise ValueError(f"mode: {mode!r} not in {list(MATCH_MODES)}")
-    dev, k = k.device, k.long().cpu()
-    n = len(k)
-    i = (torch.rand(n, generator=generator, dtype=torch.float64) * k).long().clamp_max(k - 1)
-    t_start, t_end = segment_bounds(total_steps, k, i)
+    k, t_start, t_end = seg.k.cpu(), seg.t_start.cpu(), seg.t_end.cpu()
     if mode == "clean":
         lo, hi = torch.full_like(k, tau_min), torch.full_like(k, total_steps - tau_gap)
     else:
         lo = t_end.clamp_min(tau_min)
         hi = (t_start - tau_gap) if mode == "trajectory" else torch.full_like(k, total_steps - tau_gap)
     hi = torch.maximum(hi, lo + 1)  # a segment shorter than the gaps still gets its lowest level
-    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    u = torch.rand(len(k), generator=generator, dtype=torch.float64)
     tau = (lo + (u * (hi - lo).double()).long()).clamp(max=total_steps - 1)
-    return Segments(*(v.to(dev) for v in (k, i, t_start, t_end, tau)))
+    return Segments(seg.k, seg.i, seg.t_start, seg.t_end, tau.to(seg.k.device))
 
 
 # ------------------------------------------------------------------ step-count conditioning (TDM-unify)
 
 
-@dataclass
-class StepCond:
-    """Conditioning of a K-aware network: the base conditioning (None, tensor or dict) and the step count (B,)."""
+STEP_KEY = "step_count"
 
-    base: Any
-    k: torch.Tensor
+
+def with_k(cond, k: torch.Tensor):
+    """Conditioning of a K-aware network: the base conditioning with the per-sample step count under STEP_KEY.
+
+    A dict so that the shared step's batching (`cat_cond`), guided teachers ({"cond", "uncond"}) and sample
+    selection (`index_cond`) carry it unchanged; `split_k` undoes it."""
+    if isinstance(cond, dict):
+        return {**cond, STEP_KEY: k}
+    return {STEP_KEY: k} if cond is None else {"base": cond, STEP_KEY: k}
+
+
+def split_k(cond):
+    """(base conditioning, step count or None)."""
+    if not (isinstance(cond, dict) and STEP_KEY in cond):
+        return cond, None
+    rest = {key: v for key, v in cond.items() if key != STEP_KEY}
+    base = None if not rest else (rest["base"] if set(rest) == {"base"} else rest)
+    return base, cond[STEP_KEY]
+
+
+class WithoutK(nn.Module):
+    """A network that must not see the step count (the teacher): strips it from the conditioning."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, t, cond=None, *args, **kw):
+        return self.net(x, t, split_k(cond)[0], *args, **kw)
 
 
 def _last_linear(module: nn.Module) -> nn.Linear:
@@ -139,7 +174,7 @@ TIME_EMBEDDING_TAPS = (  # matched as the full name or its last components, in t
 class StepConditioned(nn.Module):
     """Adds a learned, zero-initialised embedding of the step count K to `net`'s time embedding (forward hook).
 
-    Called as `net(x, t, StepCond(base, k))`; the wrapped network sees `base`. Zero initialisation keeps the
+    Called as `net(x, t, with_k(base, k))`; the wrapped network sees `base`. Zero initialisation keeps the
     wrapped copy of the teacher identical to it at the start. The tap is the first of TIME_EMBEDDING_TAPS that
     the network has, unless given.
     """
@@ -166,34 +201,29 @@ class StepConditioned(nn.Module):
         e = self.embed(self._k.to(out.device))
         return out + e.reshape(e.shape[0], *([1] * (out.ndim - 2)), e.shape[-1]).to(out.dtype)
 
-    def forward(self, x, t, cond=None, **kw):
-        if not isinstance(cond, StepCond):
-            raise TypeError("StepConditioned expects cond=StepCond(base, k)")
-        k = torch.as_tensor(cond.k, device=x.device).long().expand(x.shape[0])
+    def forward(self, x, t, cond=None, *args, **kw):
+        base, k = split_k(cond)
+        if k is None:
+            raise TypeError("StepConditioned expects cond=with_k(base, k) (the step count is missing)")
+        k = torch.as_tensor(k, device=x.device).long().expand(x.shape[0])
         if not all(int(v) in self.ks for v in k.unique()):
             raise ValueError(f"step count {k.unique().tolist()} not among the trained counts {self.ks}")
         self._k = k
         try:
-            return self.net(x, t, cond.base, **kw)
+            return self.net(x, t, base, *args, **kw)
         finally:
             self._k = None
 
 
 def index_cond(cond, idx):
-    """Select samples (bool mask or index tensor) of a conditioning: None, tensor, dict or StepCond."""
+    """Select samples (bool mask or index tensor) of a conditioning: None, tensor or dict of them."""
     if cond is None:
         return None
-    if isinstance(cond, StepCond):
-        return StepCond(index_cond(cond.base, idx), cond.k[idx])
     if isinstance(cond, dict):
         return {k: index_cond(v, idx) for k, v in cond.items()}
     if torch.is_tensor(cond) and cond.ndim > 0:
         return cond[idx]
     return cond
-
-
-def with_k(cond, k: torch.Tensor, unify: bool):
-    return StepCond(cond, k) if unify else cond
 
 
 # ------------------------------------------------------------------ the deterministic student sampler
@@ -212,7 +242,7 @@ def ddim_move(schedule, x_t, x0, t, t_next, eps=None):
 
 
 @torch.no_grad()
-def rollout_points(student, schedule, noise, k: torch.Tensor, total_steps: int, cond=None, unify=False):
+def rollout_points(student, schedule, noise, k: torch.Tensor, total_steps: int, cond=None):
     """Trajectory points (x_{t_0}, ..., x_{t_{K-1}}) of every sample, stacked (max K, B, ...), without gradients.
 
     One batched student call per step over the samples whose trajectory is still moving; rows j >= K of a sample
@@ -225,7 +255,7 @@ def rollout_points(student, schedule, noise, k: torch.Tensor, total_steps: int, 
         jj = torch.full_like(k, j)
         t, tn = _time_of(total_steps, k, jj)[act], _time_of(total_steps, k, jj + 1)[act]
         xa = x[act]
-        x0 = student(xa, schedule.net_time(t), with_k(index_cond(cond, act), k[act], unify))
+        x0 = student(xa, schedule.net_time(t), index_cond(cond, act))
         x[act] = ddim_move(schedule, xa, x0, t, tn)[0].to(x.dtype)
         points.append(x.clone())
     return torch.stack(points)
@@ -236,25 +266,21 @@ def pick(points: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
     return points[i.to(points.device), torch.arange(points.shape[1], device=points.device)]
 
 
-def segment_step(student, schedule, x_start, seg: Segments, mode="trajectory", cond=None, unify=False, generator=None):
-    """Step i of each trajectory with gradients, then the matching sample x_tau.
+@torch.no_grad()
+def matching_sample(schedule, x_start, x0_hat, seg: Segments, mode="trajectory", generator=None):
+    """(x_tau, n): the matching sample of each segment step, without gradients.
 
-    Returns (x0_hat with gradients, x_tau (detached), noise n drawn for x_tau). trajectory / overlap: the next point
-    x_{t_{i+1}} = alpha x0_hat + sigma eps_hat, diffused to tau by the forward transition (diffusion_common.md §1.4);
-    clean: x0_hat diffused to tau directly.
+    trajectory / overlap: the step's next point x_{t_{i+1}} = alpha x0_hat + sigma eps_hat (eps_hat from x_start and
+    x0_hat), diffused to tau by the forward transition (diffusion_common.md §1.4); clean: x0_hat diffused to tau.
     """
-    x0 = student(x_start, schedule.net_time(seg.t_start), with_k(cond, seg.k, unify))
+    x0 = x0_hat.detach()
     n = torch.randn(x0.shape, generator=generator).to(x0)
     a_tau, s_tau = schedule.alpha_sigma(seg.tau)
-    with torch.no_grad():
-        x0d = x0.detach()
-        if mode == "clean":
-            x_tau = bcast(a_tau, x0d) * x0d + bcast(s_tau, x0d) * n
-        else:
-            x_end, _ = ddim_move(schedule, x_start, x0d, seg.t_start, seg.t_end)
-            a_e, s_e = schedule.alpha_sigma(seg.t_end)
-            x_tau = forward_transition(x_end, a_e, s_e, a_tau, s_tau, n)
-    return x0, x_tau, n
+    if mode == "clean":
+        return bcast(a_tau, x0) * x0 + bcast(s_tau, x0) * n, n
+    x_end, _ = ddim_move(schedule, x_start, x0, seg.t_start, seg.t_end)
+    a_e, s_e = schedule.alpha_sigma(seg.t_end)
+    return forward_transition(x_end, a_e, s_e, a_tau, s_tau, n), n
 
 
 def importance_weights(x_tau, x0_hat, noise, schedule, tau) -> torch.Tensor:
@@ -271,7 +297,9 @@ def importance_weights(x_tau, x0_hat, noise, schedule, tau) -> torch.Tensor:
 
 @torch.no_grad()
 def student_sample(student, schedule, noise, k: int, total_steps: int, cond=None, unify=False):
-    """K-step deterministic sample of the student (NFE = K): DDIM with its own eps, final step returns x0_hat."""
+    """K-step deterministic sample (NFE = K): DDIM with the network's own eps; the final step returns x0_hat.
+
+    unify: the network is K-aware and gets the step count with the conditioning."""
     b = noise.shape[0]
     kk = torch.full((b,), k, dtype=torch.long, device=noise.device)
     x = noise
@@ -279,6 +307,6 @@ def student_sample(student, schedule, noise, k: int, total_steps: int, cond=None
         jj = torch.full_like(kk, j)
         t = _time_of(total_steps, kk, jj)
         tn = _time_of(total_steps, kk, jj + 1) if j + 1 < k else torch.full_like(kk, -1)
-        x0 = student(x, schedule.net_time(t), with_k(cond, kk, unify))
+        x0 = student(x, schedule.net_time(t), with_k(cond, kk) if unify else cond)
         x = ddim_move(schedule, x, x0, t, tn)[0]
     return x
