@@ -261,3 +261,77 @@ def test_unify_smoke_and_bad_inputs(tmp_path):
         check=False,
     )
     assert p.returncode != 0 and ("non-finite" in p.stderr or " is nan" in p.stderr or " is inf" in p.stderr)
+
+
+def _toy_cfg(**kw):
+    from common.config import override
+    from papers.tdm.config import PRESETS
+
+    return override(PRESETS["toy2d-smoke"], [f"{k}={v}" for k, v in kw.items()])
+
+
+def test_step_zero_gradient_when_fake_equals_teacher_and_weights_reach_the_critic():
+    """The trajectory loss moves x0_hat along mu_real - mu_fake only: no gradient when the fake is the teacher;
+    the critic's x0 loss is min(SNR, 5) x importance weight x MSE to x0_hat at the matching sample."""
+    from common.diffusion.schedules import snr
+    from papers.tdm.model import build
+    from papers.tdm.train import TDMStep
+
+    cfg = _toy_cfg(init_steps=0)
+    S = build(cfg)
+    S.fake = S.teacher
+    step = TDMStep(cfg, S)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(16, 2, generator=g)
+    x_in, idx, seg = step.make_input(z, None, g=g)
+    assert torch.equal(idx, seg.t_start) and set(seg.k.tolist()) == {4}
+    out = step.generate(S.student, x_in, idx, seg, None)
+    loss, logs = step.generator_loss(out, None, 0, g)
+    (grad,) = torch.autograd.grad(loss, out.x0)
+    assert grad.abs().max() == 0 and "loss_tdm" in logs
+    # critic: the importance weight of each sample multiplies its SNR-clamped x0 error
+    seen = {}
+    noise_fn = step.critic_noise
+
+    def spy(st, o, gen):
+        seen["n"] = noise_fn(st, o, gen)
+        return seen["n"]
+
+    step.critic_noise = spy
+    S2 = build(cfg)
+    step.fake = S2.fake
+    lc, _ = step.critic_loss(out, None, g=g)
+    n = seen["n"]
+    assert n.weight is not None and (n.weight != 1).any()
+    a, s = S.schedule.alpha_sigma(n.idx)
+    want = (((S2.fake(n.x_t, n.idx) - out.x0.detach()) ** 2).mean(1) * snr(a, s).clamp_max(5) * n.weight).mean()
+    assert torch.allclose(lc, want, rtol=1e-5)
+
+
+def test_unify_step_gives_k_to_student_and_fake_only():
+    from papers.tdm.model import build
+    from papers.tdm.train import TDMStep
+
+    cfg = _toy_cfg(init_steps=0, unify="true")
+    S = build(cfg)
+    calls = []
+
+    class Recorder(nn.Module):  # the teacher, recording the conditioning it is given
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, t, cond=None):
+            calls.append(cond)
+            return self.net(x, t, cond)
+
+    S.teacher = Recorder(S.teacher)
+    step = TDMStep(cfg, S)
+    g = torch.Generator().manual_seed(1)
+    k = sample_k(32, (1, 2, 4), g)
+    cond = with_k(None, k)
+    x_in, idx, seg = step.make_input(torch.randn(32, 2, generator=g), cond, g=g)
+    assert torch.equal(seg.k, k) and (seg.i < seg.k).all()
+    out = step.generate(S.student, x_in, idx, seg, cond)
+    step.generator_loss(out, cond, 0, g)
+    assert calls and all(c is None for c in calls)  # the teacher never sees K
