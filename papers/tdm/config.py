@@ -92,6 +92,7 @@ class Config(BaseConfig):
     # --- evaluation ---
     eval_every: int = cfg_field(0, "iterations between validation scores in metrics.jsonl (toy/digits); 0 = off", min=0)
     eval_samples: int = cfg_field(4096, "samples per evaluation", min=2)
+    eval_draws: int = cfg_field(1, "independent test draws (noise and reference) the metrics are averaged over", min=1)
     eval_batch: int = cfg_field(4096, "samples per sampling batch during evaluation", min=1)
     eval_ks: tuple[int, ...] = cfg_field((1, 2, 4), "student step counts evaluated (K must be trained for unify)")
     teacher_steps_eval: tuple[int, ...] = cfg_field((4, 100), "teacher DDIM step counts evaluated (same sampler)")

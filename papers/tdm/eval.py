@@ -13,6 +13,7 @@ Throughput is samples per second of the whole sampler on this machine (batch eva
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 
@@ -51,6 +52,16 @@ def quick_score(cfg, S, G, dev, n=2048) -> float:
     return _metric_fn(cfg, S, n)[0](x)["FD"]
 
 
+def over_draws(cfg, S, net, k, dev, unify, fns):
+    """(metrics averaged over the test draws, samples of draw 0, throughput of draw 0); draw r has its own noise."""
+    ms, first = [], None
+    for r, fn in enumerate(fns):
+        x, thr = sample(cfg, S, net, k, cfg.eval_samples, dev, unify, seed=TEST_SEED + 1000 * r)
+        ms.append(fn(x))
+        first = first or (x, thr)
+    return {key: statistics.fmean(m[key] for m in ms) for key in ms[0]}, first[0], first[1]
+
+
 def toy_metrics(x, real, mixture) -> dict:
     from common.metrics.prdc import precision_recall
     from common.metrics.toy import mmd_rbf, mode_stats, sliced_wasserstein
@@ -87,13 +98,15 @@ def _scatter(path, real, panels):
     plt.close(fig)
 
 
-def _metric_fn(cfg, S, n):
-    """(metric function of a sample set, main metric name, dataset label, protocol)."""
+def _metric_fn(cfg, S, n, draw=0):
+    """(metric function of a sample set against test draw `draw`'s reference, main metric, dataset, protocol)."""
     if cfg.task == "toy2d":
         data = S.extra["data"]
-        real = data.sample(n, torch.Generator().manual_seed(TEST_SEED + 10_000 + cfg.seed))
+        real = data.sample(n, torch.Generator().manual_seed(TEST_SEED + 10_000 + cfg.seed + 1000 * draw))
         protocol = {
             "samples": n,
+            "test draws": cfg.eval_draws,
+            "averaging": "every metric is the mean over the test draws (each: its own noise and reference)",
             "reference": f"{n} fresh samples of the true mixture (training draws no data)",
             "sampler": f"deterministic DDIM over t_j = {cfg.total_steps} - 1 - j*{cfg.total_steps}/N from N(0, I)",
             "SWD projections": 256,
@@ -120,6 +133,7 @@ def _metric_fn(cfg, S, n):
 
     protocol = {
         "samples": n,
+        "test draws": cfg.eval_draws,
         "reference": "digits test split (360 images, never used by the teacher)",
         "feature net": "common.metrics.fid.digits_feature_net (128-d)",
         "metric": "FD-digitsCNN (not Inception FID)",
@@ -135,21 +149,22 @@ def evaluate(cfg, run, S, G, ema=(), best=None, train_wall_time_s=None) -> dict:
         return evaluate_fullscale(cfg, run, S, G, train_wall_time_s)
     t0 = time.time()
     dev, n = run.device, cfg.eval_samples
-    fn, main, dataset, protocol = _metric_fn(cfg, S, n)
+    fns = [_metric_fn(cfg, S, n, r)[0] for r in range(cfg.eval_draws)]
+    _, main, dataset, protocol = _metric_fn(cfg, S, n)
     was = G.training
     G.eval()
-    stud = {k: sample(cfg, S, G, k, n, dev, cfg.unify) for k in sorted(set(cfg.eval_ks) | {cfg.student_k})}
+    stud = {k: over_draws(cfg, S, G, k, dev, cfg.unify, fns) for k in sorted(set(cfg.eval_ks) | {cfg.student_k})}
     G.train(was)
-    teach = {k: sample(cfg, S, S.teacher, k, n, dev) for k in cfg.teacher_steps_eval}
-    metrics = fn(stud[cfg.student_k][0])
-    for k, (x, _) in stud.items():
+    teach = {k: over_draws(cfg, S, S.teacher, k, dev, False, fns) for k in cfg.teacher_steps_eval}
+    metrics = dict(stud[cfg.student_k][0])
+    for k, (m, _, _) in stud.items():
         if k != cfg.student_k:
-            metrics[f"{main} K={k}"] = fn(x)[main]
+            metrics[f"{main} K={k}"] = m[main]
     ref_n = max(cfg.teacher_steps_eval)
-    thr, thr_t = stud[cfg.student_k][1], teach[ref_n][1]
+    thr, thr_t = stud[cfg.student_k][2], teach[ref_n][2]
     metrics[f"throughput vs teacher@{ref_n}"] = thr / thr_t
     for r, e in zip(cfg.ema_rates, ema):  # torch AveragedModel copies of the student
-        metrics[f"{main} (EMA {r})"] = fn(sample(cfg, S, e.module.eval(), cfg.student_k, n, dev, cfg.unify)[0])[main]
+        metrics[f"{main} (EMA {r})"] = over_draws(cfg, S, e.module.eval(), cfg.student_k, dev, cfg.unify, fns)[0][main]
     bench = cfg.benchmark or f"tdm / {cfg.preset}"
     method = cfg.method or "tdm"
     if run.is_main:
@@ -174,11 +189,11 @@ def evaluate(cfg, run, S, G, ema=(), best=None, train_wall_time_s=None) -> dict:
             },
         )
         write_record(rec, root=cfg.results_dir)
-        for k, (x, th) in teach.items():
+        for k, (m, _, th) in teach.items():
             trec = make_record(
                 **common,
                 method=f"teacher, {k} steps",
-                metrics=fn(x),
+                metrics=m,
                 config=cfg,
                 wall_time_s=time.time() - t0,
                 nfe=k,
@@ -186,13 +201,13 @@ def evaluate(cfg, run, S, G, ema=(), best=None, train_wall_time_s=None) -> dict:
             )
             write_record(trec, root=cfg.results_dir, same_config=False)  # the teacher does not depend on the variant
         if cfg.task == "toy2d":
-            panels = {f"teacher {k} steps": x for k, (x, _) in teach.items()}
-            panels.update({f"{method} K={k}": x for k, (x, _) in stud.items()})
+            panels = {f"teacher {k} steps": x for k, (_, x, _) in teach.items()}
+            panels.update({f"{method} K={k}": x for k, (_, x, _) in stud.items()})
             _scatter(run.path("samples.png"), S.extra["data"].sample(2000, torch.Generator().manual_seed(1)), panels)
         else:
             from torchvision.utils import save_image
 
-            for name, x in [("student", stud[cfg.student_k][0]), ("teacher", teach[ref_n][0])]:
+            for name, x in [("student", stud[cfg.student_k][1]), ("teacher", teach[ref_n][1])]:
                 save_image((x[:100].clamp(-1, 1) + 1) / 2, run.path(f"samples_{name}.png"), nrow=10, padding=1)
         print(f"[tdm] {cfg.preset}/{method} seed {cfg.seed}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         print(f"[tdm] run folder {run.dir}; records under {Path(cfg.results_dir) / 'tdm' / cfg.preset}")
