@@ -163,7 +163,7 @@ def _ms(v):
 def verdicts(recs) -> list[str]:
     by = {}
     for r in recs:
-        by.setdefault(r["method"], {})[r["seed"]] = r["metrics"]
+        by.setdefault(r["method"], {})[r["seed"]] = {**r["metrics"], **r.get("timing", {})}
     gate = [r for r in recs if r["method"].startswith("gate")]
     if gate and not all(r["metrics"]["passed"] for r in gate):
         return ["**Verdict: untestable** -- a gate failed (see the gate records)."]
@@ -224,7 +224,7 @@ def summary(results_dir) -> str:
     rows = {}
     for r in recs:
         if not r["method"].startswith("gate"):
-            rows.setdefault(r["method"], []).append(r["metrics"])
+            rows.setdefault(r["method"], []).append({**r["metrics"], **r.get("timing", {})})
     keys = [
         "SWD",
         "SWD K=1",
