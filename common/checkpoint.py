@@ -57,8 +57,12 @@ def atomic_torch_save(obj, path) -> Path:
     return _atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def atomic_write_bytes(data: bytes, path) -> Path:
+    return _atomic_write(path, lambda f: f.write(data))
+
+
 def atomic_write_text(text: str, path) -> Path:
-    return _atomic_write(path, lambda f: f.write(text.encode()))
+    return atomic_write_bytes(text.encode(), path)
 
 
 def atomic_write_json(obj, path) -> Path:
