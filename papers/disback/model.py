@@ -1,0 +1,159 @@
+"""DisBack's networks per task: the frozen teacher, the initial generator G^0, and fresh copies of the teacher's
+architecture for the degrading copy (stage 1), the path nodes and the fake score (stage 2).
+
+toy2d (disback.md-style CPU reproduction of the paper's setting "samples start in the teacher's low-density
+region"): 8-mode ring, a *learned* EDM-preconditioned MLP teacher (3x256 SiLU, DSM on data only with log-normal
+sigma; its score is poor where data never was — an exact analytic teacher would hide the effect), one per seed;
+G^0 is an MLP of the teacher's architecture evaluated at sigma_max on sigma_max * z, regressed onto a Gaussian blob
+far from the ring (centre (6, 6), std 0.3).
+digits: EDM UNet2DModel teacher trained on sklearn digits (cached); G^0 = the teacher-initialised one-step
+generator before any distillation (the paper's "initial student").
+ffhq64 / afhq64 / imagenet64: the EDM paper networks (common.diffusion.edm_networks) loaded from converted official
+pickles; G^0 = the teacher-initialised one-step generator (or `init_from`). Smoke twins: tiny random EDM networks.
+The generator always starts from weights only (`init_from` = a weights file or a run folder with
+`initial_generator.safetensors`), never from a resumable training state.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from common.data.toy2d import ring
+from common.diffusion.denoisers import MLPDenoiser, freeze
+from common.diffusion.schedules import EDMSchedule
+from common.diffusion.teachers import train_teacher
+from papers.disback.path import PathError, load_weights_strict
+
+G0_FILE = "initial_generator.safetensors"
+
+
+@dataclass
+class Setup:
+    teacher: nn.Module  # frozen
+    generator: nn.Module  # G^0 (trainable copy; stage 1 uses a frozen view of it)
+    make_net: Callable[[], nn.Module]  # a fresh trainable network of the teacher's architecture
+    schedule: Any
+    noise_shape: tuple
+    sample_cond: Callable  # (n, generator) -> cond (None when unconditional)
+    sample_real: Callable | None = None  # (n, generator) -> (x0, cond); needed only by the GAN of the dmd2 base
+    student_steps: list[int] = field(default_factory=list)
+    fake_loss: str = "edm"
+    extra: dict = field(default_factory=dict)
+
+
+def _copy_of(net: nn.Module) -> Callable[[], nn.Module]:
+    def make():
+        return copy.deepcopy(net).train().requires_grad_(True)
+
+    return make
+
+
+def load_initial_generator(G: nn.Module, source: str) -> nn.Module:
+    """Weights-only initialisation of the generator from a weights file (.safetensors / .pt / .bin) or a run folder
+    holding `initial_generator.safetensors` or `student/model.safetensors`; every key must match."""
+    p = Path(source)
+    if p.is_dir():
+        cands = [p / G0_FILE, p / "student" / "model.safetensors", p / "generator.safetensors"]
+        found = next((c for c in cands if c.is_file()), None)
+        if found is None:
+            raise PathError(f"init_from: {p} has none of {', '.join(c.name for c in cands)}")
+        p = found
+    if not p.is_file():
+        raise PathError(f"init_from: {p} does not exist")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(p))
+    else:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    return load_weights_strict(G, state, what=f"init_from {p}")
+
+
+def save_weights(net: nn.Module, path) -> Path:
+    from safetensors.torch import save
+
+    from common.checkpoint import atomic_write_bytes
+
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    return atomic_write_bytes(save(state), path)
+
+
+# ------------------------------------------------------------------ toy 2-D
+
+
+def toy_data(cfg):
+    return ring(k=cfg.num_modes, radius=cfg.radius, std=cfg.mode_std)
+
+
+def _blob_generator(cfg, sd: float) -> nn.Module:
+    """G^0 far from the data: regress G(sigma_max * z) onto centre + std * z (a few hundred Adam steps)."""
+    g = torch.Generator().manual_seed(20_000 + cfg.seed)
+    torch.manual_seed(20_000 + cfg.seed)
+    G = MLPDenoiser(2, cfg.teacher_width, cfg.teacher_depth, sd)
+    opt = torch.optim.Adam(G.parameters(), lr=1e-3)
+    centre = torch.tensor(cfg.g0_center, dtype=torch.float32)
+    for _ in range(cfg.g0_steps):
+        z = torch.randn(512, 2, generator=g)
+        x = G(cfg.sigma_max * z, torch.full((512,), cfg.sigma_max))
+        loss = ((x - (centre + cfg.g0_std * z)) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return G
+
+
+def build_toy(cfg, run_dir: Path | None, progress=None) -> Setup:
+    data = toy_data(cfg)
+    sd = float(data.sample(65536, torch.Generator().manual_seed(1234)).std(0).mean())
+    schedule = EDMSchedule(cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.num_levels, sd)
+    arch = [2, cfg.teacher_width, cfg.teacher_depth, sd]
+    teacher, teacher_path = train_teacher(  # one teacher per seed (independent base models), cached
+        MLPDenoiser(*arch),
+        lambda n, g: (data.sample(n, g), None),
+        cache_dir=cfg.cache_dir,
+        name="disback-toy2d-mlp-teacher",
+        spec={"data": data.to_dict(), "arch": arch},
+        steps=cfg.teacher_steps,
+        batch=cfg.teacher_batch,
+        lr=1e-3,
+        seed=cfg.seed,
+        progress=progress,
+    )
+    G = initial_generator(cfg, run_dir, lambda: _blob_generator(cfg, sd), MLPDenoiser(*arch))
+    return Setup(
+        teacher=freeze(teacher),
+        generator=G,
+        make_net=_copy_of(teacher),
+        schedule=schedule,
+        noise_shape=(2,),
+        sample_cond=lambda n, g: None,
+        sample_real=lambda n, g: (data.sample(n, g), None),
+        student_steps=[schedule.max_index()],
+        extra={"data": data, "teacher_path": str(teacher_path)},
+    )
+
+
+def initial_generator(cfg, run_dir, make_default: Callable[[], nn.Module], template: nn.Module) -> nn.Module:
+    """G^0: `init_from` if set, else the run folder's saved G^0 (a resumed run), else `make_default()` saved there.
+
+    Saving G^0 in the run folder makes the run self-describing and lets stage 1 and stage 2 (and a resume) use the
+    identical network."""
+    saved = Path(run_dir) / G0_FILE if run_dir is not None else None
+    if cfg.init_from:
+        G = load_initial_generator(template, cfg.init_from)
+    elif saved is not None and saved.is_file():
+        G = load_initial_generator(template, str(saved))
+    else:
+        G = make_default()
+    if saved is not None and not saved.is_file():
+        save_weights(G, saved)
+    return G.train().requires_grad_(True)
