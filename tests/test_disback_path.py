@@ -7,9 +7,20 @@ from torch import nn
 from papers.disback.path import PathError, TeacherPath, load_weights_strict, stage2_nodes, target_node
 
 
-def _net(seed=0):
+class _Denoiser(nn.Module):
+    """A stand-in with the denoiser call signature net(x_t, t, cond)."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(2, width), nn.SiLU(), nn.Linear(width, 2))
+
+    def forward(self, x, t=None, cond=None):
+        return self.body(x)
+
+
+def _net(seed=0, width=8):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(2, 8), nn.SiLU(), nn.Linear(8, 2))
+    return _Denoiser(width)
 
 
 def _fill(net, value):
@@ -57,47 +68,57 @@ def test_schedule_walks_the_path_in_reverse_and_ends_at_the_teacher():
     assert [target_node(s, 1, k) for s in (0, 5, 500)] == [0, 0, 0]  # N = 1: endpoint from the start
 
 
-def test_serve_loads_each_node_once_and_returns_the_real_teacher_last(tmp_path):
+def _provider(path, teacher, k, loads=None):
+    from common.diffusion.distill import FixedTarget
+
+    def make():
+        if loads is not None:
+            loads.append(1)
+        return _fill(_net(7), 123.0)  # a fresh network holding junk until the node is loaded into it
+
+    return path.target(FixedTarget(teacher), make, switch_every=k)
+
+
+def _served(provider, step):
+    """(node weight value, network) the provider uses at `step`; node i's weights all equal i * interval."""
+    net = provider.provider(step).net
+    return next(iter(net.parameters())).flatten()[0].item(), net
+
+
+def test_provider_walks_the_nodes_in_reverse_and_ends_at_the_real_teacher(tmp_path):
     path, _ = _record_path(tmp_path, n=4, interval=3)
-    teacher, template = _fill(_net(), -1.0).requires_grad_(False), _net(1)
-    served, loads = [], 0
-    orig = path.load_node
-
-    def counting(i, net):
-        nonlocal loads
-        loads += 1
-        return orig(i, net)
-
-    path.load_node = counting
+    teacher = _fill(_net(), -1.0).requires_grad_(False)
+    loads = []
+    prov = _provider(path, teacher, 10, loads)
+    values = []
     for step in range(0, 40):
-        i, net = path.serve(step, switch_every=10, teacher=teacher, template=template)
-        first = next(iter(net.parameters())).flatten()[0].item()
-        served.append((i, first))
+        v, net = _served(prov, step)
+        values.append(v)
         assert not any(p.requires_grad for p in net.parameters())
-    assert [i for i, _ in served[::10]] == [3, 2, 1, 0]
-    # node i holds the weights after i * interval stage-1 steps; node 0 is the teacher module itself
-    assert [w for _, w in served[::10]] == [9.0, 6.0, 3.0, -1.0]
-    assert path.serve(39, 10, teacher, template)[1] is teacher
-    assert loads == 3  # one load per switch, not per iteration
+        assert (v == -1.0) == (path.target_index(step, 10) == 0)
+        assert v == (-1.0 if path.target_index(step, 10) == 0 else 3.0 * path.target_index(step, 10))
+    # node i holds the weights after i * interval stage-1 steps: 9 (node 3), 6, 3, then the teacher
+    assert values[::10] == [9.0, 6.0, 3.0, -1.0]
+    assert _served(prov, 39)[1] is teacher and _served(prov, 10_000)[1] is teacher
+    assert len(loads) == 3  # one load per switch, not per iteration
+    x = torch.randn(5, 2)
+    assert torch.equal(prov(x, None, None, step=35), teacher(x))  # the call used by the distillation step
 
 
 def test_resume_mid_path_serves_what_an_uninterrupted_run_serves(tmp_path):
     path, _ = _record_path(tmp_path, n=4, interval=3)
-    teacher = _fill(_net(), -1.0)
-    straight = TeacherPath(tmp_path / "path", 4, 3)
-    tmpl_a = _net(2)
+    teacher = _fill(_net(), -1.0).requires_grad_(False)
+    straight = _provider(TeacherPath(tmp_path / "path", 4, 3), teacher, 7)
     ref = {}
     for s in range(0, 30):
-        i, net = straight.serve(s, 7, teacher, tmpl_a)
-        ref[s] = (i, {k: v.clone() for k, v in net.state_dict().items()})
+        _, net = _served(straight, s)
+        ref[s] = {k: v.clone() for k, v in net.state_dict().items()}
     for resume_at in (5, 7, 13, 20, 21):  # inside a node, on a switch, just before and after the teacher takes over
-        fresh = TeacherPath(tmp_path / "path", 4, 3)  # a new process: nothing cached, template holds junk
-        tmpl_b = _fill(_net(3), 123.0)
+        fresh = _provider(TeacherPath(tmp_path / "path", 4, 3), teacher, 7)  # a new process: nothing loaded
         for s in range(resume_at, 30):
-            i, net = fresh.serve(s, 7, teacher, tmpl_b)
-            assert i == ref[s][0]
+            _, net = _served(fresh, s)
             for k, v in net.state_dict().items():
-                assert torch.equal(v, ref[s][1][k]), (resume_at, s, k)
+                assert torch.equal(v, ref[s][k]), (resume_at, s, k)
 
 
 def test_stage1_resumed_mid_way_completes_the_same_path(tmp_path):
@@ -128,7 +149,7 @@ def test_loading_is_strict_and_strips_wrapper_prefixes(tmp_path):
     with pytest.raises(PathError, match="keys do not match"):
         load_weights_strict(_net(), critic)
     with pytest.raises(PathError, match="shape mismatch"):
-        load_weights_strict(nn.Sequential(nn.Linear(2, 4), nn.SiLU(), nn.Linear(4, 2)), net.state_dict())
+        load_weights_strict(_net(width=4), net.state_dict())
     path = TeacherPath(tmp_path / "p", 2, 1)
     with pytest.raises(PathError, match="has not written node 1"):
         path.load_node(1, _net())

@@ -13,7 +13,8 @@ Every file is written to a temporary name and renamed. Loading strips wrapper pr
 network whose keys carry a different prefix, so nothing is loaded and the target never changes (the defect this
 module is written against).
 
-The schedule is a pure function of the iteration, so a resumed run serves the same node as an uninterrupted one.
+Serving goes through the shared step-dependent provider (common.diffusion.distill.StepScheduledTarget); the
+schedule is a pure function of the iteration, so a resumed run serves the same node as an uninterrupted one.
 Left out: per-node budgets (all nodes get the same number of iterations, as in the official README).
 """
 
@@ -116,7 +117,6 @@ class TeacherPath:
             raise ValueError(f"TeacherPath: num_nodes and interval must be >= 1 (got {num_nodes}, {interval})")
         self.dir = Path(directory)
         self.num_nodes, self.interval = num_nodes, interval
-        self._served: tuple[int, nn.Module] | None = None
 
     # ---------------------------------------------------------------- stage 1
     @property
@@ -189,18 +189,21 @@ class TeacherPath:
     def target_index(self, step: int, switch_every: int) -> int:
         return target_node(step, self.num_nodes, switch_every)
 
-    def serve(self, step: int, switch_every: int, teacher: nn.Module, template: nn.Module) -> tuple[int, nn.Module]:
-        """(node index, frozen network) to use as the target score at stage-2 iteration `step`.
+    def loader(self, i: int, make_net):
+        """A zero-argument loader of node i into a fresh network from `make_net()` (frozen, eval mode)."""
 
-        Node 0 returns `teacher` itself. Other nodes are loaded into `template` (a network of the teacher's
-        architecture owned by the caller, reused across switches) only when the index changes.
-        """
-        i = self.target_index(step, switch_every)
-        if i == 0:
-            self._served = (0, teacher)
-            return 0, teacher
-        if self._served is None or self._served[0] != i:
-            self.load_node(i, template)
-            template.requires_grad_(False).eval()
-            self._served = (i, template)
-        return self._served
+        def load():
+            return self.load_node(i, make_net()).requires_grad_(False).eval()
+
+        load.node = i
+        return load
+
+    def target(self, final, make_net, switch_every: int, guidance: float | None = None):
+        """The stage-2 target-score provider: nodes N-1, ..., 1 for `switch_every` iterations each, then `final`
+        (the teacher's provider) for good. Built on the shared step-dependent provider, which loads a node only
+        when its turn comes and holds at most one intermediate node in memory; `guidance` is the CFG scale of the
+        intermediate nodes (None: conditional only)."""
+        from common.diffusion.distill import StepScheduledTarget
+
+        nodes = [self.loader(i, make_net) for i in range(self.num_nodes - 1, 0, -1)]
+        return StepScheduledTarget(nodes, every=switch_every, final=final, guidance=guidance)
