@@ -157,3 +157,9 @@ def initial_generator(cfg, run_dir, make_default: Callable[[], nn.Module], templ
     if saved is not None and not saved.is_file():
         save_weights(G, saved)
     return G.train().requires_grad_(True)
+
+
+def build(cfg, run_dir, progress=None) -> Setup:
+    if cfg.task == "toy2d":
+        return build_toy(cfg, run_dir, progress)
+    raise NotImplementedError(f"task {cfg.task!r}")

@@ -26,13 +26,14 @@ from pathlib import Path
 from torch import nn
 
 from common.checkpoint import atomic_write_bytes, atomic_write_json
+from common.config import UserInputError
 
 __all__ = ["PathError", "TeacherPath", "target_node", "stage2_nodes", "clean_state_dict", "load_weights_strict"]
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-class PathError(RuntimeError):
+class PathError(UserInputError):
     """A path node is missing, incomplete, or does not match the network it is loaded into."""
 
 
