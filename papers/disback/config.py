@@ -155,6 +155,7 @@ TOY2D = Config(
     ttur_ratio=5,  # official code (DMD2 base)
     gen_lr=1e-3,  # not in the paper: our toy default (as our DMD2 toy)
     fake_lr=1e-3,
+    mode_std=0.1,  # std 0.05 gave a learned teacher that blurs the modes (README: a failed gate)
     sigma_max=20.0,  # toy sigma_max (the 2-D data has std ~1.4)
     curve_every=10,
     auc_window=200,  # "early": the first third of training
