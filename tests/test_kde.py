@@ -12,7 +12,9 @@ def test_kde_of_mixture_samples_matches_the_exact_noised_density():
     x = mix.sample(500, torch.Generator().manual_seed(1)) + 0.5 * torch.randn(500, 2)
     for sigma in (0.2, 0.5, 2.0):
         err = (kde_log_prob(x, centres, sigma, chunk=128) - mix.log_prob(x.double(), sigma)).abs()
-        assert err.median() < 0.02, (sigma, err.median())
+        assert err.median() < 0.05, (sigma, err.median())  # Monte Carlo error of 20K centres
+        wrong = (kde_log_prob(x, centres, 1.5 * sigma, chunk=128) - mix.log_prob(x.double(), sigma)).abs()
+        assert wrong.median() > 0.1  # the test can tell a wrong bandwidth
 
 
 def test_kde_score_is_the_gradient_of_the_kde_log_density():

@@ -102,8 +102,8 @@ class FWeighting(nn.Module):
             raise ValueError(f"divergence: {divergence!r} not in {sorted(DIVERGENCES)}")
         if bin_space not in ("linear", "log"):
             raise ValueError(f"bin_space: {bin_space!r} not in ['linear', 'log']")
-        if not 0 < t_min < t_max:
-            raise ValueError(f"t range: need 0 < t_min < t_max, got [{t_min}, {t_max}]")
+        if not (t_min < t_max and (t_min > 0 or bin_space == "linear")):
+            raise ValueError(f"t range: need t_min < t_max (and t_min > 0 for log bins), got [{t_min}, {t_max}]")
         self.divergence, self.num_bins, self.bin_space = divergence, num_bins, bin_space
         self.t_min, self.t_max = t_min, t_max
         self.logit_clamp, self.ratio_min, self.ratio_max = logit_clamp, ratio_min, ratio_max
