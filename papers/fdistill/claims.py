@@ -32,7 +32,6 @@ import statistics
 from pathlib import Path
 
 PAPER, PRESET = "fdistill", "toy2d"
-CLAIM_PRESET = "toy2d-claim"
 CLAIM_BENCH = "fdistill / toy2d claim: gates and paired differences against reverse KL"
 ORDER = ["rkl", "js", "kl", "sf", "sh", "jf"]  # baseline first, then the claim's two, then the rest of Table 1
 CLAIMED = ("js", "kl")
@@ -44,9 +43,9 @@ METRICS = ["recall", "modes covered", "mode weight TV", "precision", "SWD", "off
 HIGHER = {"recall": True, "modes covered": True, "mode weight TV": False, "precision": True}
 
 
-def _argv(div, seed, results_dir, out_dir, extra=()):
+def _argv(div, seed, results_dir, out_dir, preset=PRESET):
     kv = {"divergence": div, "method": div, "seed": str(seed), "results_dir": results_dir, "out_dir": out_dir}
-    return ["--preset", PRESET, "--set", *[f"{k}={v}" for k, v in kv.items()], *extra]
+    return ["--preset", preset, "--set", *[f"{k}={v}" for k, v in kv.items()]]
 
 
 def _records(results_dir, preset=PRESET):
@@ -115,15 +114,15 @@ def verdict(recs, div) -> tuple[str, dict]:
     return f"inconclusive (resolved better: {', '.join(resolved) or 'none'})", diffs
 
 
-def write_claim_records(results_dir, seeds) -> dict:
+def write_claim_records(results_dir, seeds, preset=PRESET) -> dict:
     """Gate record and one verdict record per claimed divergence (benchmark CLAIM_BENCH)."""
     from common.results import make_record, write_record
 
-    recs = _records(results_dir)
+    recs = _records(results_dir, preset)
     g = gates(recs, seeds)
     passed = all(ok for ok, _ in g.values())
     failed = [k for k, (ok, _) in g.items() if not ok]
-    common = dict(paper=PAPER, preset=CLAIM_PRESET, benchmark=CLAIM_BENCH, dataset="imbalanced 8-mode ring")
+    common = dict(paper=PAPER, preset=f"{preset}-claim", benchmark=CLAIM_BENCH, dataset="imbalanced 8-mode ring")
     protocol = {"seeds": seeds, "gates": {k: why for k, (_, why) in g.items()}, "rule": "see papers/fdistill/claims.py"}
     cfg = {"seeds": seeds, "divergences": ORDER}
     write_record(
@@ -196,13 +195,17 @@ def ratio_table(recs) -> list[str]:
     if not keys:
         return []
     runs = [r for r in recs if r["method"] in ORDER]
-    return divergence_table(
-        runs, keys, "Ratio check: Pearson correlation of the discriminator's log r with the exact log p/q per sigma"
-    )
+    control = [
+        {"method": "control: untrained head", "metrics": {k: r["metrics"][f"init head {k}"] for k in keys}}
+        for r in runs
+        if all(f"init head {k}" in r["metrics"] for k in keys)
+    ]
+    title = "Ratio check: correlation of the discriminator's log r with the exact log p/q, per sigma (columns)"
+    return divergence_table(runs + control, keys, title)
 
 
-def verdict_lines(results_dir) -> list[str]:
-    recs = [r for r in _records(results_dir, CLAIM_PRESET)]
+def verdict_lines(results_dir, preset=PRESET) -> list[str]:
+    recs = _records(results_dir, f"{preset}-claim")
     gate = next((r for r in recs if r["method"] == "gates"), None)
     if gate is None:
         return []
@@ -227,13 +230,13 @@ def verdict_lines(results_dir) -> list[str]:
     return out
 
 
-def summary(results_dir) -> str:
-    recs = _records(results_dir)
+def summary(results_dir, preset=PRESET) -> str:
+    recs = _records(results_dir, preset)
     lines = divergence_table(
         recs, METRICS, "toy2d: imbalanced 8-mode ring, skewed start (divergences; teacher; initial generator)"
     )
     lines += ratio_table(recs)
-    lines += verdict_lines(results_dir)
+    lines += verdict_lines(results_dir, preset)
     digits = _records(results_dir, "digits")
     lines += divergence_table(
         digits,
@@ -266,6 +269,7 @@ def readme_text(results_dir, readme=README) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--preset", default=PRESET, help="toy preset of every run (toy2d-smoke for a quick check)")
     p.add_argument("--divergences", nargs="+", default=ORDER, choices=ORDER)
     p.add_argument("--results-dir", default="results/raw")
     p.add_argument("--out-dir", default="runs")
@@ -281,17 +285,17 @@ def main(argv=None):
         torch.set_num_threads(1)
 
         def run(div, seed):
-            rec = {"paper": PAPER, "preset": PRESET, "method": div, "seed": seed}
+            rec = {"paper": PAPER, "preset": args.preset, "method": div, "seed": seed}
             if record_path(rec, args.results_dir).exists():
                 print(f"[claims] skip {div} seed {seed}: record exists", flush=True)
                 return
             print(f"[claims] {div} seed {seed}", flush=True)
-            train_main(_argv(div, seed, args.results_dir, args.out_dir))
+            train_main(_argv(div, seed, args.results_dir, args.out_dir, args.preset))
 
         divs = ["rkl"] + [d for d in args.divergences if d != "rkl"]
         for seed in args.seeds:  # the baseline first: gates 1-4 need only its runs
             run("rkl", seed)
-        g = gates(_records(args.results_dir), args.seeds)
+        g = gates(_records(args.results_dir, args.preset), args.seeds)
         failed = [k for k, (ok, _) in g.items() if not ok]
         if failed:
             print(f"[claims] untestable: gate {', '.join(failed)} failed; the other divergences are not run")
@@ -299,9 +303,9 @@ def main(argv=None):
             for seed in args.seeds:
                 for div in divs[1:]:
                     run(div, seed)
-        out = write_claim_records(args.results_dir, args.seeds)
+        out = write_claim_records(args.results_dir, args.seeds, args.preset)
         print(json.dumps({k: v[0] if isinstance(v, tuple) else v for k, v in out.items() if k != "gates"}))
-    text = summary(args.results_dir)
+    text = summary(args.results_dir, args.preset)
     if args.readme:
         README.write_text(readme_text(args.results_dir))
     print(text)

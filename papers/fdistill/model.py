@@ -9,12 +9,20 @@ the divergences; distillation must then move mass to the other modes.
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from common.diffusion.denoisers import Prediction, edm_precond_coeffs
+from common.data.toy2d import ring
+from common.diffusion.denoisers import MLPDenoiser, Prediction, edm_precond_coeffs, freeze
+from common.diffusion.distill import FixedTarget
+from common.diffusion.losses import MLPGANHead
+from common.diffusion.schedules import EDMSchedule
+from common.diffusion.teachers import AnalyticTeacher
 
 
 class InputFeatures(nn.Module):
@@ -67,4 +75,90 @@ def fit_to_mode(G, schedule, mixture, mode: int, steps: int, batch: int, seed: i
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return float(loss)
+    return loss.item()
+
+
+class MultiHead(nn.Module):
+    """One head per feature map, logits averaged (FastGen's multi-resolution discriminator, paper Table 5)."""
+
+    def __init__(self, heads: dict[str, nn.Module]):
+        super().__init__()
+        self.heads = nn.ModuleDict(heads)
+
+    def forward(self, feats) -> torch.Tensor:
+        if not isinstance(feats, dict):
+            feats = {next(iter(self.heads)): feats}
+        return torch.stack([h(feats[k]) for k, h in self.heads.items()]).mean(0)
+
+
+@dataclass
+class Setup:
+    generator: nn.Module
+    teacher: nn.Module
+    fake: nn.Module
+    head: nn.Module
+    features: nn.Module | None  # feature network of the discriminator; None = the fake score's taps
+    schedule: Any
+    sample_real: Any  # (n, generator) -> (x0, cond)
+    sample_cond: Any  # (n, generator) -> cond
+    noise_shape: tuple
+    target: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+def toy_mixture(cfg):
+    return ring(k=cfg.num_modes, radius=cfg.radius, std=cfg.mode_std, weights=list(cfg.mode_weights) or None)
+
+
+def _regress_onto_teacher(net, teacher, mixture, schedule, steps, batch, seed):
+    """'Copy of the teacher' for an analytic teacher: regress net(x_t, sigma) onto teacher(x_t, sigma)."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(steps):
+        x0 = mixture.sample(batch, g)
+        _, s = schedule.alpha_sigma(schedule.sample_index(batch, generator=g))
+        x_t = x0 + s[:, None] * torch.randn(x0.shape, generator=g)
+        with torch.no_grad():
+            target = teacher(x_t, s).float()
+        loss = ((s**-2 + schedule.sigma_data**-2) * ((net(x_t, s) - target) ** 2).sum(1)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def build_toy(cfg) -> Setup:
+    data = toy_mixture(cfg)
+    sd = cfg.sigma_data or float(data.sample(65536, torch.Generator().manual_seed(1234)).std(0).mean())
+    schedule = EDMSchedule(cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.num_levels, sd)
+    teacher = freeze(AnalyticTeacher(data))
+    torch.manual_seed(cfg.seed)
+    fake = MLPDenoiser(2, cfg.width, cfg.depth, sd)
+    _regress_onto_teacher(fake, teacher, data, schedule, cfg.fake_init_steps, cfg.global_batch, cfg.seed)
+    generator = copy.deepcopy(fake)
+    fit_loss = None
+    if cfg.init_mode >= 0:
+        fit_loss = fit_to_mode(generator, schedule, data, cfg.init_mode, cfg.init_steps, cfg.global_batch, cfg.seed)
+    if cfg.disc_features == "input":
+        features = InputFeatures(2, sd)
+        head = MLPHead(features.feature_dim, cfg.width, cfg.depth)
+    else:  # the fake score's last hidden layer (DMD2's toy head)
+        features, head = None, MLPGANHead(fake.feature_dim, cfg.width)
+    return Setup(
+        generator,
+        teacher,
+        fake,
+        head,
+        features,
+        schedule,
+        lambda n, g: (data.sample(n, g), None),
+        lambda n, g: None,
+        (2,),
+        target=FixedTarget(teacher),
+        extra={"data": data, "init_fit_mse": fit_loss},
+    )
+
+
+def build(cfg) -> Setup:
+    if cfg.task == "toy2d":
+        return build_toy(cfg)
+    raise NotImplementedError(f"task {cfg.task!r}: builder not wired yet")
