@@ -75,6 +75,7 @@ def fit_to_mode(G, schedule, mixture, mode: int, steps: int, batch: int, seed: i
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    opt.zero_grad(set_to_none=True)
     return loss.item()
 
 
@@ -124,6 +125,7 @@ def _regress_onto_teacher(net, teacher, mixture, schedule, steps, batch, seed):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def build_toy(cfg) -> Setup:
