@@ -312,4 +312,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from common.cli import entry
+
+    entry(main)

@@ -193,10 +193,12 @@ def evaluate(cfg, run, S, step, initial, result) -> dict:
                 sampling_throughput=thr_t,
             ),
             root=cfg.results_dir,
+            same_config=False,  # the teacher does not depend on the student's config
         )
         write_record(
             make_record(**base, method="initial generator", metrics=im, protocol=protocol, wall_time_s=wall, nfe=1),
             root=cfg.results_dir,
+            same_config=False,  # the skewed start depends on the seed and the set-up, not on the divergence
         )
         _scatter(
             run.path("samples.png"),

@@ -160,4 +160,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from common.cli import entry
+
+    entry(main)
