@@ -219,7 +219,8 @@ def test_toy2d_smoke_records_pictures_and_resume_with_ratio_statistics(tmp_path)
     extra = torch.load(ck, map_location="cpu", weights_only=False)["extra"]
     assert len(extra["ratio_bin_mean"]) == 10 and extra["ratio_bin_mean"] == recs["js"]["extra"]["ratio_bin_mean"]
     # more iterations resume from the checkpoint and continue from its statistics
-    p = _train(["--preset", "toy2d-smoke", *sets, "steps=5", f"results_dir={tmp_path}/res5"], tmp_path)
+    sets5 = ["--set", f"out_dir={tmp_path}/runs", f"results_dir={tmp_path}/res5", "ckpt_every=2", "steps=5"]
+    p = _train(["--preset", "toy2d-smoke", *sets5], tmp_path)
     assert "0/5" not in p.stderr.replace("5/5", "")
     rec5 = json.loads((tmp_path / "res5" / "fdistill" / "toy2d-smoke" / "js-seed0.json").read_text())
     assert rec5["extra"]["ratio_bin_mean"] != extra["ratio_bin_mean"]  # updated from the restored statistics
