@@ -336,3 +336,14 @@ def test_unify_step_gives_k_to_student_and_fake_only():
     out = step.generate(S.student, x_in, idx, seg, cond)
     step.generator_loss(out, cond, 0, g)
     assert calls and all(c is None for c in calls)  # the teacher never sees K
+
+
+def test_two_processes_with_accumulation_match_one(tmp_path):
+    """TDM-unify through its entry point: 2 gloo processes x 2 micro-batches == 1 process x 4 micro-batches."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from loop_equivalence import assert_same, run_both
+
+    sets = ["steps=3", "unify=true", "eval_samples=64", "eval_batch=32", f"cache_dir={tmp_path}/cache"]
+    one, two = run_both("papers.tdm.train", "toy2d-smoke", sets, tmp_path, global_batch=16)
+    assert one["step"] == two["step"] == 3
+    assert assert_same(one, two, ["generator", "fake"]) > 0
