@@ -175,7 +175,9 @@ def test_generator_input_per_sample_index_and_modes():
         G, sched, steps, z, per_sample=False, generator=torch.Generator(), shared_generator=torch.Generator()
     )
     assert len(set(k_b.tolist())) == 1
-    x_p, idx_p, k_p = generator_input(G, sched, steps, z, rule="ddim", generator=torch.Generator().manual_seed(3))
+    x_p, idx_p, k_p = generator_input(
+        G, sched, steps, z, rule="ddim", per_sample=True, generator=torch.Generator().manual_seed(3)
+    )
     assert len(set(k_p.tolist())) == 4 and not x_p.requires_grad
     torch.testing.assert_close(x_p[k_p == 0], 20.0 * z[k_p == 0])
     # ddim rule is deterministic: a sample's input equals its own rollout

@@ -36,6 +36,7 @@ __all__ = [
     "EpsDenoiser",
     "EpsUNetDenoiser",
     "CondDenoiser",
+    "VPDenoiser",
     "cfg",
     "freeze",
 ]
@@ -163,11 +164,16 @@ def _edm_eps(x, x0, sigma):
 
 
 class MLPDenoiser(Denoiser):
-    """EDM-preconditioned MLP (x, c_noise) -> x0 for low-dimensional data; tap `mid` = last hidden layer."""
+    """EDM-preconditioned MLP (x, c_noise) -> x0 for low-dimensional data; tap `mid` = last hidden layer.
+    With num_classes > 0 a learned label embedding is added to the noise features; label -1 (or any negative
+    label) is the null class of classifier-free guidance."""
 
-    def __init__(self, dim: int = 2, width: int = 128, depth: int = 3, sigma_data: float = 1.0, emb: int = 16):
+    def __init__(
+        self, dim: int = 2, width: int = 128, depth: int = 3, sigma_data: float = 1.0, emb: int = 16, num_classes=0
+    ):
         super().__init__()
         self.dim, self.width, self.depth, self.sigma_data, self.emb = dim, width, depth, sigma_data, emb
+        self.num_classes = num_classes
         self.feature_dim = width
         layers: list[nn.Module] = []
         d = dim + 2 * emb
@@ -178,21 +184,24 @@ class MLPDenoiser(Denoiser):
         self.out = nn.Linear(width, dim)
         self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(100.0), emb)), persistent=False)
         self.taps = FeatureTaps({"mid": self.body})
+        if num_classes:
+            self.label_emb = nn.Embedding(num_classes + 1, 2 * emb)  # the last row is the null class
 
     def config(self) -> dict:
-        return {
-            "dim": self.dim,
-            "width": self.width,
-            "depth": self.depth,
-            "sigma_data": self.sigma_data,
-            "emb": self.emb,
-        }
+        out = {"dim": self.dim, "width": self.width, "depth": self.depth, "sigma_data": self.sigma_data}
+        return {**out, "emb": self.emb, **({"num_classes": self.num_classes} if self.num_classes else {})}
 
     def _predict(self, x, sigma, cond, want_eps):
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
         c_skip, c_out, c_in, c_noise = edm_precond_coeffs(sigma, self.sigma_data)
         ang = c_noise[:, None] * self.freqs[None]
-        h = self.body(torch.cat([bcast(c_in, x) * x, ang.sin(), ang.cos()], 1))
+        feats = torch.cat([ang.sin(), ang.cos()], 1)
+        if isinstance(cond, dict):  # {"cond", "uncond"} of a guided target: the student and fake take "cond"
+            cond = cond["cond"]
+        if self.num_classes and cond is not None:
+            labels = torch.as_tensor(cond, device=x.device).long()
+            feats = feats + self.label_emb(torch.where(labels < 0, self.num_classes, labels)).to(x.dtype)
+        h = self.body(torch.cat([bcast(c_in, x) * x, feats], 1))
         x0 = bcast(c_skip, x) * x + bcast(c_out, x) * self.out(h)
         return x0, (_edm_eps(x, x0, sigma) if want_eps else None)
 
@@ -283,6 +292,20 @@ class EpsDenoiser(Denoiser):
 
 
 EpsUNetDenoiser = EpsDenoiser  # the name the SD code used
+
+
+class VPDenoiser(nn.Module):
+    """A VE (EDM) denoiser used under a VP schedule: x_t = alpha x0 + sigma eps is the VE problem at x_t / alpha
+    with sigma / alpha, so D_vp(x_t, t) = D_ve(x_t / alpha, sigma / alpha); its eps is the VP eps. `t` is the grid
+    index of `schedule`. Lets the toy MLPs serve VP methods (TDM) without a second architecture."""
+
+    def __init__(self, net: nn.Module, schedule):
+        super().__init__()
+        self.net, self.schedule = net, schedule
+
+    def forward(self, x, t, cond=None, *args, **kw):
+        a, s = self.schedule.alpha_sigma(torch.as_tensor(t, device=x.device).long().expand(x.shape[0]))
+        return self.net(x / bcast(a, x), s / a, cond, *args, **kw)
 
 
 class CondDenoiser(nn.Module):

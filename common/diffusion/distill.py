@@ -13,8 +13,9 @@ Pluggable parts (each a constructor argument; defaults are DMD2):
 
     target         the real score: FixedTarget(teacher), GuidedTarget(teacher, scale) (CFG, scale per call), or
                    StepScheduledTarget(nodes, every, final) whose network changes with the training step (DisBack)
-    input_mode     generator input: "backward" (1-step, or backward simulation over `student_steps` with a
-                   per-sample step index) or "forward_real" (forward-noised real data at the student's level)
+    input_mode     generator input: "backward" (1-step, or backward simulation over `student_steps`) or
+                   "forward_real" (forward-noised real data at the student's level); per_sample_k: a student step
+                   per sample or per batch (default as the DMD2 code: per batch for backward, per sample for real)
     rollout_rule   "renoise" (DMD2: fresh noise between student steps) or "ddim" (TDM: the student's own eps)
     dm_noise       (step, out, g) -> Noised: where the scores are queried (default: index uniform in dm_range);
                    TDM diffuses the student's next trajectory point into its segment here
@@ -24,7 +25,7 @@ Pluggable parts (each a constructor argument; defaults are DMD2):
     critic_noise   (step, out, g) -> Noised with an optional per-sample `weight` (TDM's importance weights)
     gan_features   the network whose taps feed the head: the fake score (DMD2) or a frozen teacher (FastGen)
 
-How a new method plugs in (f-distill, for example; `Trainer` in common/diffusion/trainer.py runs the loop):
+How a new method plugs in (f-distill, for example; `train_loop` in common/diffusion/trainer.py runs the loop):
 
     from common.diffusion.distill import DistillStep, FixedTarget
 
@@ -41,10 +42,12 @@ How a new method plugs in (f-distill, for example; `Trainer` in common/diffusion
         dm_weight_fn=FWeights(),              # DMD2: None (weight 1); Diff-Instruct: normalise=False
         w_g=3e-3, w_d=1e-2,
     )
-    # TDM: input_mode="backward", rollout_rule="ddim", student_steps=[899, 674, 449, 224], dm_noise=segment_noise,
-    #      dm_metric="pseudo_huber", fake_loss="x0_snr", critic_noise=importance_weighted_noise, head=None
-    loss_g, logs = step.generator_loss(out, cond, iteration, g)       # on generator turns
-    loss_c, logs = step.critic_loss(out, cond, real, real_cond, g)    # every iteration
+    # TDM: rollout_rule="ddim", per_sample_k=True, student_steps=[899, 674, 449, 224], dm_noise=segment_noise
+    #      (reads out.k, out.idx, out.eps), dm_metric="pseudo_huber", fake_loss="x0_snr",
+    #      critic_noise=importance_weighted_noise (Noised.weight), head=None, OptimSettings(ttur_ratio=1)
+    res = train_loop(run, step, draw, OptimSettings(gen_lr=2e-6, critic_lr=2e-6, ttur_ratio=5), steps=cfg.steps)
+    # per iteration it calls out = step.generate(G, *step.make_input(z, cond, real, g)), then
+    # step.generator_loss(out, cond, it, g) on generator turns and step.critic_loss(out, cond, real, real_cond, g)
 
 Left out: the optimiser loop (common/diffusion/trainer.py), per-method weight functions (with each paper).
 """
@@ -230,18 +233,21 @@ def generator_input(
     mode: str = "backward",
     rule: str = "renoise",
     real=None,
-    per_sample: bool = True,
+    per_sample: bool | None = None,
     generator=None,
     shared_generator=None,
 ):
     """(x_in, idx, k) of the generator's differentiable step (DMD2 §4.5; official code `prepare_denoising_data`).
 
     One student step: x_in = noise at steps[0]. K steps: a step index k per sample (per_sample=False: one k per
-    batch, drawn from `shared_generator` so that every process agrees), and
+    batch, drawn from `shared_generator` so that every process agrees; None: as the DMD2 code, per batch for
+    backward simulation (`sample_backward`) and per sample for forward-noised real data), and
       backward      x_in = the student's own no-grad rollout through its first k steps (backward simulation);
       forward_real  x_in = real data forward-noised to steps[k] with z (the paper's ablation).
     """
     b, dev, K = z.shape[0], z.device, len(steps)
+    if per_sample is None:
+        per_sample = mode == "forward_real"
     grid = torch.tensor(steps, device=dev, dtype=torch.long)
     if K == 1:
         k = torch.zeros(b, dtype=torch.long, device=dev)
@@ -283,7 +289,7 @@ class DistillStep:
         student_steps: list[int] | None = None,
         input_mode: str = "backward",
         rollout_rule: str = "renoise",
-        per_sample_k: bool = True,
+        per_sample_k: bool | None = None,
         dm_range: tuple[float, float] = (0.02, 0.98),
         dm_weight: float = 1.0,
         dm_metric: str = "mse",
@@ -455,8 +461,8 @@ class DistillStep:
         elif self.fake_loss == "x0_snr":
             l_fake = fake_score_loss("x0_snr", p.x0[:b], target, snr=snr(a, s), gamma=self.snr_gamma, weight=n.weight)
         else:
-            l_fake = fake_score_loss(
-                "edm", p.x0[:b], target, sigma=s, sigma_data=self.schedule.sigma_data, weight=n.weight
+            l_fake = fake_score_loss(  # VP schedules: at the equivalent VE sigma / alpha (EDM: alpha = 1)
+                "edm", p.x0[:b], target, sigma=s / a, sigma_data=self.schedule.sigma_data, weight=n.weight
             )
         loss, logs = l_fake, {"loss_fake": l_fake.item()}
         lr_ = lf_ = None

@@ -37,19 +37,26 @@ def edm_sampler(denoiser, noise, num_steps=18, sigma_min=0.002, sigma_max=80.0, 
 
 
 @torch.no_grad()
-def ddim_teacher_sampler(denoiser, schedule, noise, num_steps=50, cond=None, guidance=None):
-    """DDIM (eta = 0) through diffusers' DDIMScheduler; `denoiser` returns x0 (guidance applied by the caller)."""
+def ddim_teacher_sampler(denoiser, schedule, noise, num_steps=50, cond=None, scheduler_config=None):
+    """DDIM (eta = 0) through diffusers' DDIMScheduler built from the model's own scheduler config (betas, timestep
+    spacing, steps offset) when given, else from the schedule's alphas_cumprod. `denoiser(x, t, cond)` returns x0
+    (for a guided teacher pass the guided target: CFG is the target's business, not the sampler's)."""
     from diffusers import DDIMScheduler
 
-    sch = DDIMScheduler(
-        num_train_timesteps=schedule.num_steps,
-        trained_betas=None,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        prediction_type="epsilon",
-        timestep_spacing="trailing",
-    )
-    sch.alphas_cumprod = schedule.alphas_cumprod.float()
+    if scheduler_config is not None:
+        sch = DDIMScheduler.from_config(scheduler_config, clip_sample=False, prediction_type="epsilon")
+    else:
+        betas = 1 - schedule.alphas_cumprod / torch.cat(
+            [torch.ones(1, dtype=torch.float64), schedule.alphas_cumprod[:-1]]
+        )
+        sch = DDIMScheduler(
+            num_train_timesteps=schedule.num_steps,
+            trained_betas=betas.float().numpy(),
+            clip_sample=False,
+            set_alpha_to_one=False,
+            prediction_type="epsilon",
+            timestep_spacing="trailing",
+        )
     sch.set_timesteps(num_steps)
     x = noise
     for t in sch.timesteps:

@@ -53,9 +53,11 @@ class _IndexedSchedule:
         raise NotImplementedError
 
     def sample_index(self, n, lo_frac=0.0, hi_frac=1.0, generator=None, device="cpu") -> torch.Tensor:
-        """Integer index uniform in [lo_frac*N, hi_frac*N) (DMD2: DM loss 2%-98%, critic 0-100%)."""
+        """Integer index uniform in [lo_frac*N, hi_frac*N] capped at N-1, both ends included, as the DMD2 code's
+        `randint(min_step, min(max_step + 1, N))` with min_step = int(0.02 N), max_step = int(0.98 N): the DM loss
+        draws from [20, 980] of 1000, the critic from [0, 999]."""
         lo = int(round(lo_frac * self.num_steps))
-        hi = max(lo + 1, min(self.num_steps, int(round(hi_frac * self.num_steps))))
+        hi = max(lo + 1, min(self.num_steps, int(round(hi_frac * self.num_steps)) + 1))
         return torch.randint(lo, hi, (n,), generator=generator).to(device)
 
     def add_noise(self, x0, idx, noise):
@@ -103,7 +105,9 @@ class VPSchedule(_IndexedSchedule):
         beta_end: float = 0.012,
         num_steps: int = 1000,
         alphas_cumprod: torch.Tensor | None = None,
+        sigma_data: float = 0.5,
     ):
+        self.sigma_data = sigma_data  # for EDM-style loss weights at the equivalent VE sigma = sigma / alpha
         if alphas_cumprod is None:
             if beta_schedule == "linear":  # DDPM / PixArt
                 betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
@@ -128,7 +132,7 @@ class VPSchedule(_IndexedSchedule):
         return idx.long()
 
 
-# --- conversions (diffusion_common.md §1.3); x0 from eps in float64 as the DMD2 code does ---
+# --- conversions (EDM App. B; DDPM Eq. 4); x0 from eps in float64 as the DMD2 code does (main/utils.py) ---
 
 
 def x0_from_eps(x_t, eps, alpha, sigma):

@@ -33,17 +33,40 @@ class TeacherError(UserInputError):
 
 
 class AnalyticTeacher(nn.Module):
-    """Exact denoiser of a GaussianMixture (VE / EDM: x_sigma = x0 + sigma eps), same API as the networks."""
+    """Exact denoiser E[x0 | x_t] of a GaussianMixture, same API as the networks.
 
-    def __init__(self, mixture):
+    VE / EDM (schedule None or EDM): t is sigma, x_t = x0 + sigma eps. VP: t is the grid index of `schedule`,
+    x_t = alpha x0 + sigma eps, which is the VE problem at x_t / alpha with sigma / alpha (same posterior).
+    Class-conditional (num_classes > 0): component k belongs to class k % num_classes; a label restricts the
+    posterior to its class's components, a negative label (the null class of CFG) keeps all of them."""
+
+    def __init__(self, mixture, schedule=None, num_classes: int = 0):
         super().__init__()
-        self.mixture = mixture
+        self.mixture, self.schedule, self.num_classes = mixture, schedule, num_classes
 
-    def forward(self, x, sigma, cond=None, return_features=False):
+    def forward(self, x, t, cond=None, return_features=False):
         if return_features:
             raise TeacherError("the analytic teacher has no features; put GAN heads on the fake score")
-        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(x.shape[0])
-        return self.mixture.denoise(x, sigma)
+        if self.schedule is not None and self.schedule.kind == "vp":
+            a, s = self.schedule.alpha_sigma(torch.as_tensor(t, device=x.device).long().expand(x.shape[0]))
+            a, s = a.double(), s.double()
+            return self._denoise(x.double() / a[:, None], s / a, cond).to(x.dtype)
+        sigma = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
+        return self._denoise(x, sigma, cond)
+
+    def _denoise(self, x, sigma, labels):
+        if labels is None or not self.num_classes:
+            return self.mixture.denoise(x, sigma)
+        mix = self.mixture
+        lc, var = mix._log_components(x, sigma)
+        cls = torch.arange(mix.num_modes, device=x.device) % self.num_classes
+        labels = torch.as_tensor(labels, device=x.device).long()
+        keep = (cls[None] == labels[:, None]) | (labels[:, None] < 0)
+        r = torch.softmax(lc.masked_fill(~keep, float("-inf")), dim=1)
+        s2 = mix.stds[None, :, None] ** 2
+        sig2 = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1, 1) ** 2
+        post = (s2 * x.to(torch.float64)[:, None] + sig2 * mix.means[None]) / (s2 + sig2)
+        return (r[..., None] * post).sum(1).to(x.dtype)
 
 
 def _save_dir_atomic(path: Path, write) -> None:
@@ -93,7 +116,8 @@ def load_small_denoiser(path, expect: dict | None = None) -> nn.Module:
     if cfg["kind"] == "mlp":
         from safetensors.torch import load_file
 
-        net = MLPDenoiser(**{k: cfg[k] for k in ("dim", "width", "depth", "sigma_data", "emb")})
+        keys = ("dim", "width", "depth", "sigma_data", "emb", "num_classes")
+        net = MLPDenoiser(**{k: cfg[k] for k in keys if k in cfg})
         missing, unexpected = net.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
         if missing or unexpected:
             raise TeacherError(f"teacher checkpoint {path}: missing keys {missing}, unexpected keys {unexpected}")

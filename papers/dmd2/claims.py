@@ -1,4 +1,4 @@
-"""The paper's three claims on the 2-D toy, over seeds (dmd2.md §6, Experiments 1-3).
+"""The paper's three claims on the 2-D toy, over seeds (paper App. C / Table 3, Table 1, §4.5 / Table 4).
 
     python -m papers.dmd2.claims                       # all claims, seeds 0 1 2 (records in results/raw/dmd2/)
     python -m papers.dmd2.claims --claims 2 --seeds 0 1 2 3 4

@@ -1,306 +1,24 @@
-"""DMD2 evaluation: metrics of the student (last and best checkpoint) and of the teacher, records, pictures.
+"""DMD2 evaluation: re-evaluate a finished run folder (common/diffusion/evaluation.py does the work).
 
     python -m papers.dmd2.eval --preset toy2d        # re-evaluate the finished run folder of the preset
 
-toy2d: sliced Wasserstein (256 projections) and RBF-MMD to fresh true-data samples, mode coverage, mode-weight
-TV, off-mode fraction, k-NN precision/recall (k=5), the "brightness" oscillation of the generator output.
-digits: Fréchet distance on the digits classifier's features ("FD-digitsCNN", not Inception FID), precision /
-recall on the same features (k=3), class-histogram TV. The teacher is sampled with EDM Heun at
-2*teacher_eval_steps-1 NFE. The best checkpoint is chosen by a validation score on separate samples; numbers
-labelled "(best)" are from it, all others from the last iteration.
+Metrics, protocol and pictures are those of common.diffusion.evaluation.evaluate (train.py calls it at the end).
 """
 
 from __future__ import annotations
 
-import copy
-import time
-from pathlib import Path
-
 import torch
 
-from common.diffusion.samplers import edm_sampler, student_sample
-from common.diffusion.teachers import save_small_denoiser
-from common.launch import peak_memory_mb
-from common.results import make_record, write_record
-
-VAL_SEED, TEST_SEED = 4242, 777
-
-
-def _sample_student(cfg, S, G, n, g, dev, batch=4096):
-    xs, t0 = [], time.perf_counter()
-    G.eval()
-    for i in range(0, n, batch):
-        m = min(batch, n - i)
-        z = torch.randn((m, *S.noise_shape), generator=g).to(dev)
-        cond = S.sample_cond(m, g)
-        xs.append(student_sample(G, S.schedule, S.student_steps, z, cond=cond, generator=g)[0].float().cpu())
-    G.train()
-    return torch.cat(xs), n / (time.perf_counter() - t0)
-
-
-def _sample_teacher(cfg, S, n, g, dev, batch=4096):
-    xs, t0, nfe = [], time.perf_counter(), 0
-    for i in range(0, n, batch):
-        m = min(batch, n - i)
-        z = torch.randn((m, *S.noise_shape), generator=g).to(dev)
-        x, nfe = edm_sampler(S.teacher, z, cfg.teacher_eval_steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
-        xs.append(x.float().cpu())
-    return torch.cat(xs), n / (time.perf_counter() - t0), nfe
-
-
-# ---------------------------------------------------------------- toy2d
-
-
-def toy_metrics(x, real, mixture) -> dict:
-    from common.metrics.prdc import precision_recall
-    from common.metrics.toy import mmd_rbf, mode_stats, sliced_wasserstein
-
-    m = min(len(x), 2048)
-    out = {"SWD": sliced_wasserstein(x, real, n_proj=256, seed=0), "MMD": mmd_rbf(x[:m], real[:m])}
-    ms = mode_stats(x, mixture)
-    out.update(
-        {
-            "mode weight TV": ms["mode_weight_error"],
-            "mode coverage": ms["mode_coverage"],
-            "off-mode fraction": ms["off_mode_fraction"],
-        }
-    )
-    pr = precision_recall(real[:m], x[:m], k=5)
-    out.update(precision=pr["precision"], recall=pr["recall"])
-    return out
-
-
-def _scatter(path, real, panels):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), sharex=True, sharey=True)
-    for ax, (title, x) in zip(axes, panels.items()):
-        ax.scatter(real[:2000, 0], real[:2000, 1], s=1, c="lightgray", label="data")
-        ax.scatter(x[:2000, 0], x[:2000, 1], s=1, c="C0")
-        ax.set_title(title, fontsize=9)
-        ax.set_aspect("equal")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------- digits
-
-
-def _digits_ref():
-    from common.data.digits import load_digits_split
-
-    return load_digits_split("train")
-
-
-def digits_metrics(x, feat_net, ref_x, ref_y) -> dict:
-    from common.metrics.fid import extract_features, frechet_distance_from_features
-    from common.metrics.prdc import precision_recall
-
-    x = x.clamp(-1, 1)
-    with torch.no_grad():
-        f_fake = extract_features(x, feat_net)
-        f_real = extract_features(ref_x, feat_net)
-        cls = feat_net.head(f_fake.float()).argmax(1)
-    hist = torch.bincount(cls, minlength=10).double() / len(cls)
-    ref_hist = torch.bincount(ref_y, minlength=10).double() / len(ref_y)
-    pr = precision_recall(f_real, f_fake, k=3)
-    return {
-        "FD-digitsCNN": frechet_distance_from_features(f_real, f_fake),
-        "precision": pr["precision"],
-        "recall": pr["recall"],
-        "class histogram TV": 0.5 * (hist - ref_hist).abs().sum().item(),
-    }
-
-
-def _grid(path, x, nrow=16):
-    from torchvision.utils import save_image
-
-    save_image((x[: nrow * nrow].clamp(-1, 1) + 1) / 2, path, nrow=nrow, padding=1)
-
-
-# ---------------------------------------------------------------- shared
-
-
-def quick_score(cfg, S, G, dev) -> float:
-    """Validation score for best-checkpoint selection (never the test samples)."""
-    g = torch.Generator().manual_seed(VAL_SEED)
-    if cfg.task == "toy2d":
-        from common.metrics.toy import sliced_wasserstein
-
-        x, _ = _sample_student(cfg, S, G, 2048, g, dev)
-        real = S.extra["data"].sample(2048, torch.Generator().manual_seed(VAL_SEED + 1))
-        return sliced_wasserstein(x, real, n_proj=128, seed=1)
-    if cfg.task == "digits":
-        from common.metrics.fid import digits_feature_net
-
-        x, _ = _sample_student(cfg, S, G, 500, g, dev)
-        ref_x, ref_y = _digits_ref()
-        return digits_metrics(x, digits_feature_net(), ref_x, ref_y)["FD-digitsCNN"]
-    return float("nan")
-
-
-def _best_generator(run, G):
-    path = run.dir / "best_generator.pt"
-    if not path.exists():
-        return None
-    best = copy.deepcopy(G)
-    best.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return best
-
-
-def _oscillation(trace, last=1000) -> dict:
-    if len(trace) < 2:
-        return {}
-    t = torch.tensor(trace[-last:], dtype=torch.float64)
-    return {"oscillation (mean)": t[:, 0].std().item(), "oscillation (2nd moment)": t[:, 1].std().item()}
-
-
-def evaluate(cfg, run, S, G, state, train_wall_time_s=None, ema=()) -> dict:
-    """Evaluate the trained student (last, best, and each EMA copy) and the teacher, write records and pictures;
-    returns the student metrics."""
-    if cfg.task not in ("toy2d", "digits"):
-        from papers.dmd2.fullscale import evaluate_fullscale
-
-        return evaluate_fullscale(cfg, run, S, G, state, train_wall_time_s)
-    t0 = time.time()
-    dev = run.device
-    n = cfg.eval_samples
-    g = torch.Generator().manual_seed(TEST_SEED + cfg.seed)
-    best = _best_generator(run, G)
-    x_last, thr_student = _sample_student(cfg, S, G, n, g, dev)
-    x_best = _sample_student(cfg, S, best, n, g, dev)[0] if best is not None else None
-    x_teacher, thr_teacher, teacher_nfe = _sample_teacher(cfg, S, n, g, dev)
-    if cfg.task == "toy2d":
-        data = S.extra["data"]
-        real = data.sample(n, torch.Generator().manual_seed(TEST_SEED + 10_000 + cfg.seed))
-        fn = lambda x: toy_metrics(x, real, data)  # noqa: E731
-        dataset = f"ring{cfg.num_modes} r={cfg.radius} std={cfg.mode_std}"
-        protocol = {
-            "samples": n,
-            "reference": f"{n} fresh samples of the true mixture",
-            "SWD projections": 256,
-            "MMD": "unbiased RBF, 2048 samples",
-            "precision/recall": "k-NN, k=5, 2048 samples",
-            "mode stats": "nearest mode within 3 std",
-            "oscillation": "std over the last 1000 generator steps of |batch mean| and mean x^2",
-            "best": "checkpoint with the lowest validation SWD "
-            f"(every {cfg.eval_every} generator steps, separate samples)",
-            "teacher": cfg.teacher,
-        }
-        if run.is_main:
-            panels = {
-                f"student 1-NFE last (SWD {fn(x_last)['SWD']:.3f})"
-                if len(S.student_steps) == 1
-                else f"student {len(S.student_steps)}-step last": x_last,
-                f"teacher ({cfg.teacher}) ODE {teacher_nfe} NFE": x_teacher,
-            }
-            if x_best is not None:
-                panels["student best"] = x_best
-            _scatter(run.path("samples.png"), real, panels)
-    else:
-        from common.metrics.fid import digits_feature_net
-
-        feat = digits_feature_net()
-        ref_x, ref_y = _digits_ref()
-        fn = lambda x: digits_metrics(x, feat, ref_x, ref_y)  # noqa: E731
-        dataset = "sklearn digits 8x8"
-        protocol = {
-            "samples": n,
-            "reference": "digits train split (1437 images)",
-            "feature net": "common.metrics.fid.digits_feature_net (128-d)",
-            "metric": "FD-digitsCNN (not Inception FID)",
-            "precision/recall": "k=3 on the same features",
-            "best": "lowest validation FD on 500 separate samples",
-        }
-        if run.is_main:
-            _grid(run.path("samples_student.png"), x_last)
-            _grid(run.path("samples_teacher.png"), x_teacher)
-    metrics = fn(x_last)
-    if x_best is not None:
-        metrics.update({f"{k} (best)": v for k, v in fn(x_best).items()})
-    for rate, e in zip(cfg.ema_rates, ema):
-        x_ema = _sample_student(cfg, S, e.module, n, g, dev)[0]
-        metrics.update({f"{k} (ema {rate})": v for k, v in fn(x_ema).items()})
-    metrics.update(_oscillation(state["trace"]))
-    metrics["throughput vs teacher"] = thr_student / thr_teacher
-    teacher_metrics = fn(x_teacher)
-    wall = time.time() - t0
-    bench = cfg.benchmark or f"dmd2 / {cfg.preset}"
-    nfe = len(S.student_steps)
-    extra = {
-        "w_g_effective": state["w_g"],
-        "w_g_calibration": state.get("calib"),
-        "best": state["best"],
-        "teacher_nfe": teacher_nfe,
-        "teacher_sampling_throughput": thr_teacher,
-        "run_dir": str(run.dir),
-    }
-    if run.is_main:
-        rec = make_record(
-            paper="dmd2",
-            preset=cfg.preset,
-            method=cfg.method or "dmd2",
-            seed=cfg.seed,
-            benchmark=bench,
-            dataset=dataset,
-            metrics=metrics,
-            protocol=protocol,
-            config=cfg,
-            wall_time_s=wall + (train_wall_time_s or 0),
-            nfe=nfe,
-            sampling_throughput=thr_student,
-            peak_memory_mb=peak_memory_mb(),
-            train_wall_time_s=train_wall_time_s,
-            extra=extra,
-        )
-        write_record(rec, root=cfg.results_dir)
-        trec = make_record(
-            paper="dmd2",
-            preset=cfg.preset,
-            method=f"teacher ({cfg.teacher}, ODE)" if cfg.task == "toy2d" else "teacher (EDM Heun)",
-            seed=cfg.seed,
-            benchmark=bench,
-            dataset=dataset,
-            metrics=teacher_metrics,
-            protocol=protocol,
-            config=cfg,
-            wall_time_s=wall,
-            nfe=teacher_nfe,
-            sampling_throughput=thr_teacher,
-        )
-        write_record(trec, root=cfg.results_dir, same_config=False)  # the teacher does not depend on the student
-        save_small_denoiser(
-            G,
-            run.path("student"),
-            meta={
-                "task": cfg.task,
-                "student_steps": S.student_steps,
-                "schedule": {
-                    "sigma_min": cfg.sigma_min,
-                    "sigma_max": cfg.sigma_max,
-                    "rho": cfg.rho,
-                    "num_levels": cfg.num_levels,
-                },
-            },
-        )
-        summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "(best)" not in k)
-        print(f"[dmd2] {cfg.preset}/{cfg.method} seed {cfg.seed}: {summary}")
-        print("[dmd2] teacher: " + ", ".join(f"{k}={v:.4g}" for k, v in teacher_metrics.items()))
-        print(f"[dmd2] run folder {run.dir}; records under {Path(cfg.results_dir) / 'dmd2' / cfg.preset}")
-    return metrics
+from common.diffusion.evaluation import evaluate
 
 
 def main(argv=None):
-    """Re-evaluate: rebuild the preset's networks, load the last checkpoint of its run folder, evaluate."""
+    """Rebuild the preset's networks, load the last checkpoint of its run folder, evaluate."""
     from common.checkpoint import Checkpointer
     from common.config import parse_cli
+    from common.diffusion.tasks import build
     from common.launch import start
     from papers.dmd2.config import PRESETS, Config
-    from papers.dmd2.model import build
 
     cfg = parse_cli(Config, PRESETS, argv, description=__doc__)
     run = start(cfg, paper="dmd2")
@@ -310,7 +28,7 @@ def main(argv=None):
         raise SystemExit(f"error: no checkpoint in {run.dir / 'checkpoints'}; run python -m papers.dmd2.train first")
     payload = torch.load(ckpt.latest(), map_location="cpu", weights_only=False)
     S.generator.load_state_dict(payload["objects"]["generator"])
-    out = evaluate(cfg, run, S, S.generator.to(run.device), payload["extra"])
+    out = evaluate(cfg, run, S, S.generator.to(run.device), payload["extra"], "dmd2")
     run.finish()
     return out
 

@@ -24,10 +24,11 @@ import torch
 
 from common.config import parse_cli
 from common.diffusion.distill import DistillStep
+from common.diffusion.evaluation import evaluate, quick_score
+from common.diffusion.tasks import build
 from common.diffusion.trainer import Batch, OptimSettings, train_loop
 from common.launch import start
 from papers.dmd2.config import PRESETS, Config
-from papers.dmd2.model import build
 
 
 def make_step(cfg, S) -> DistillStep:
@@ -41,7 +42,7 @@ def make_step(cfg, S) -> DistillStep:
         schedule=S.schedule,
         student_steps=S.student_steps,
         input_mode=cfg.multistep_input,
-        per_sample_k=False,  # official code: one backward-simulation step per batch, shared by all processes
+        per_sample_k={"official": None, "sample": True, "batch": False}[cfg.per_sample_k],
         dm_range=(cfg.dm_t_lo, cfg.dm_t_hi),
         dm_weight=cfg.dm_weight,
         fake_loss=S.fake_loss,
@@ -83,8 +84,6 @@ def main(argv=None) -> dict:
         z = torch.randn((n, *S.noise_shape), generator=g).to(dev)
         return Batch(cond, real.to(dev), real_cond, z)
 
-    from papers.dmd2.eval import evaluate, quick_score
-
     res = train_loop(
         run,
         step,
@@ -99,7 +98,7 @@ def main(argv=None) -> dict:
         desc="dmd2",
     )
     S.generator, S.fake = step.G, step.fake
-    out = evaluate(cfg, run, S, step.G, res.state, train_wall_time_s=res.train_time_s, ema=res.ema)
+    out = evaluate(cfg, run, S, step.G, res.state, "dmd2", train_wall_time_s=res.train_time_s, ema=res.ema)
     run.finish()
     return out
 
