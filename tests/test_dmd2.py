@@ -102,3 +102,21 @@ def test_claims_definitions_share_budgets():
         }
         gen_steps = {int(s) // int(r) for s, r in budgets}
         assert len(gen_steps) == 1, (c, budgets)  # same number of generator updates for every variant
+
+
+def test_streamed_eval_through_the_entry_point(tmp_path):
+    """eval_samples larger than eval_batch: every sample is drawn and written, in bounded batches."""
+    _run(["--preset", "imagenet64-smoke", "--set", "eval_samples=5", "eval_batch=2"], tmp_path)
+    run_dir = tmp_path / "runs" / "dmd2" / "imagenet64-smoke" / "dmd2-seed0"
+    for who in ("student", "teacher"):
+        assert len(list((run_dir / "samples" / who).glob("*.png"))) == 5
+    rec = next(r for r in _records(tmp_path, "imagenet64-smoke") if r["method"] == "dmd2")
+    assert rec["protocol"]["samples"] == 5 and rec["protocol"]["batch"] == 2
+
+
+def test_ema_copies_are_evaluated_and_exported(tmp_path):
+    _run(["--preset", "toy2d-smoke", "--set", "ema_rates=0.9"], tmp_path)
+    rec = next(r for r in _records(tmp_path, "toy2d-smoke") if r["method"] == "dmd2")
+    assert "SWD (ema 0.9)" in rec["metrics"]
+    run_dir = tmp_path / "runs" / "dmd2" / "toy2d-smoke" / "dmd2-seed0"
+    assert (run_dir / "student_ema0.9" / "model.safetensors").is_file()
