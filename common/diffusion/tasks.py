@@ -36,7 +36,17 @@ from common.diffusion.teachers import AnalyticTeacher, load_small_denoiser, trai
 
 TASKS = ("toy2d", "digits", "imagenet64", "sd", "pixart")
 
-__all__ = ["DistillConfig", "Setup", "TASKS", "build", "toy_mixtures", "digits_teacher", "init_weights_from"]
+__all__ = [
+    "DistillConfig",
+    "Setup",
+    "TASKS",
+    "build",
+    "toy_mixtures",
+    "digits_teacher",
+    "init_weights_from",
+    "optim_settings",
+    "draw_batches",
+]
 
 
 @dataclass(frozen=True)
@@ -408,6 +418,37 @@ def build_digits(cfg, progress=None) -> Setup:
 
 
 # ----------------------------------------------------------------------------- dispatch and initialisation
+
+
+def optim_settings(cfg, **overrides):
+    """The loop's optimiser settings from the shared config (DMD2 official code: AdamW (0.9, 0.999), wd 0.01,
+    constant_with_warmup, the same clip on both groups); a method overrides what it sets differently."""
+    from common.diffusion.trainer import OptimSettings
+
+    kw = dict(
+        gen_lr=cfg.gen_lr,
+        critic_lr=cfg.fake_lr,
+        weight_decay=cfg.weight_decay,
+        warmup=cfg.warmup,
+        gen_clip=cfg.grad_clip,
+        critic_clip=cfg.grad_clip,
+        ttur_ratio=cfg.ttur_ratio,
+        ema_rates=cfg.ema_rates,
+    )
+    return OptimSettings(**{**kw, **overrides})
+
+
+def draw_batches(S: Setup, device):
+    """draw(n, g) -> Batch for the loop: conditions, a real batch with its conditions, and noise, in that order."""
+    from common.diffusion.trainer import Batch
+
+    def draw(n, g):
+        cond = S.sample_cond(n, g)
+        real, real_cond = S.sample_real(n, g)
+        z = torch.randn((n, *S.noise_shape), generator=g).to(device)
+        return Batch(cond, real.to(device), real_cond, z)
+
+    return draw
 
 
 def init_weights_from(net: nn.Module, source: str, key: str = "generator") -> str:

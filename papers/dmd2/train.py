@@ -25,8 +25,8 @@ import torch
 from common.config import parse_cli
 from common.diffusion.distill import DistillStep
 from common.diffusion.evaluation import evaluate, quick_score
-from common.diffusion.tasks import build
-from common.diffusion.trainer import Batch, OptimSettings, train_loop
+from common.diffusion.tasks import build, draw_batches, optim_settings
+from common.diffusion.trainer import train_loop
 from common.launch import start
 from papers.dmd2.config import PRESETS, Config
 
@@ -53,20 +53,6 @@ def make_step(cfg, S) -> DistillStep:
     )
 
 
-def optim_settings(cfg) -> OptimSettings:
-    """Official code: AdamW (0.9, 0.999), wd 0.01, constant_with_warmup, clip 10 on both groups."""
-    return OptimSettings(
-        gen_lr=cfg.gen_lr,
-        critic_lr=cfg.fake_lr,
-        weight_decay=cfg.weight_decay,
-        warmup=cfg.warmup,
-        gen_clip=cfg.grad_clip,
-        critic_clip=cfg.grad_clip,
-        ttur_ratio=cfg.ttur_ratio,
-        ema_rates=cfg.ema_rates,
-    )
-
-
 def main(argv=None) -> dict:
     cfg = parse_cli(Config, PRESETS, argv, description=__doc__)
     if cfg.num_threads:
@@ -77,18 +63,11 @@ def main(argv=None) -> dict:
     for m in (S.generator, S.fake, S.head, S.teacher):
         m.to(dev)
     step = make_step(cfg, S)
-
-    def draw(n, g):
-        cond = S.sample_cond(n, g)
-        real, real_cond = S.sample_real(n, g)
-        z = torch.randn((n, *S.noise_shape), generator=g).to(dev)
-        return Batch(cond, real.to(dev), real_cond, z)
-
     res = train_loop(
         run,
         step,
-        draw,
-        optim_settings(cfg),
+        draw_batches(S, dev),
+        optim_settings(cfg),  # official code: AdamW (0.9, 0.999), wd 0.01, constant_with_warmup, clip 10 on both
         steps=cfg.steps,
         ckpt_every=cfg.ckpt_every,
         keep_ckpts=cfg.keep_ckpts,

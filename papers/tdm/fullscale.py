@@ -43,7 +43,9 @@ def add_lora(denoiser, rank: int):
 
     backbone = denoiser.unet
     backbone.requires_grad_(False)
-    backbone.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS)))
+    backbone.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS))
+    )
     return denoiser
 
 
@@ -106,7 +108,10 @@ def evaluate_fullscale(cfg, run, S, G, train_wall_time_s=None) -> dict:
     x_s, thr = _sample(cfg, S, G, cfg.student_k, n, dev, cfg.unify, seed, writer(f"student_{cfg.student_k}"))
     G.train()
     ref_n = max(cfg.teacher_steps_eval)
-    teach = {k: _sample(cfg, S, _guided(S, cfg), k, n, dev, False, seed, writer(f"teacher_{k}")) for k in cfg.teacher_steps_eval}
+    teach = {
+        k: _sample(cfg, S, _guided(S, cfg), k, n, dev, False, seed, writer(f"teacher_{k}"))
+        for k in cfg.teacher_steps_eval
+    }
     rms = lambda a, b: (a - b).pow(2).mean().sqrt().item()  # noqa: E731
     metrics = {f"latent RMS to teacher@{ref_n}": rms(x_s, teach[ref_n][0])}
     metrics[f"throughput vs teacher@{ref_n}"] = thr / teach[ref_n][1]
