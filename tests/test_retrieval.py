@@ -114,22 +114,48 @@ def test_ranknet_teacher_weights_by_margin():
     assert L.ranknet_teacher(sp, sn, torch.tensor([2.0, 0.0]), torch.zeros(2)).item() == pytest.approx(math.log(2))
 
 
-def test_listmle_depends_only_on_teacher_order():
-    s, t = torch.randn(3, 5), torch.randn(3, 5)
-    assert torch.allclose(L.listmle(s, t), L.listmle(s, torch.exp(t) * 3 + 1))  # strictly increasing transform
-    # perfect student order has lower loss than the reversed one
-    order = torch.arange(5.0, 0, -1).expand(1, 5)
-    assert L.listmle(order * 5, order) < L.listmle(-order * 5, order)
+def test_ranknet_teacher_guards_negative_teacher_margins():
+    # the teacher orders the pair against the label (t+ < t-): an unguarded loss would reward s+ - s- -> -inf
+    t_pos, t_neg = torch.tensor([-2.0]), torch.tensor([0.0])
+    d = torch.zeros(1, requires_grad=True)
+    L.ranknet_teacher(d, torch.zeros(1), t_pos, t_neg).backward()
+    assert d.grad.abs().item() == 0.0  # clamp: no gradient at all
+    for far in (-50.0, 50.0):  # bounded below: pushing the margin anywhere cannot lower the loss under 0
+        assert L.ranknet_teacher(torch.tensor([far]), torch.zeros(1), t_pos, t_neg).item() >= 0.0
+    d = torch.zeros(1, requires_grad=True)
+    loss = L.ranknet_teacher(d, torch.zeros(1), t_pos, t_neg, negative="flip")
+    assert loss.item() == pytest.approx(2 * math.log(2))
+    loss.backward()
+    assert d.grad.item() > 0  # gradient descent lowers s+ - s-: the teacher's order, with weight |y|
+    with pytest.raises(ValueError, match="negative teacher margin"):
+        L.ranknet_teacher(torch.zeros(1), torch.zeros(1), t_pos, t_neg, negative="raise")
 
 
-def test_ranknet_pairs_and_adapters():
-    t = torch.tensor([[3.0, 1.0, 2.0, 2.0]])
-    assert L.to_ranks(t).tolist() == [[0, 2, 3, 1]]  # stable on ties
-    assert torch.allclose(L.to_probs(t).sum(-1), torch.ones(1))
-    assert torch.allclose(L.to_probs(torch.zeros(2)), torch.full((2,), 0.5))
-    assert L.to_margins(torch.tensor([3.0]), torch.tensor([1.0])).item() == 2.0
-    s = torch.randn(1, 4)
-    assert torch.allclose(L.ranknet_pairs(s + 1, t), L.ranknet_pairs(s, t))
+def test_margin_mse_equals_sentence_transformers_margin_mse_loss(tmp_path):
+    st = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
+    from sentence_transformers import SentenceTransformer
+
+    tok = _tok()
+    conf = tiny_config("x", len(tok), 16, 1, 2, 32)
+    dot = BiEncoder.from_config(conf, tok, max_query_len=8, max_doc_len=8, pooling="mean").eval()
+    dot.save(tmp_path / "dot")
+    ref = st.MarginMSELoss(SentenceTransformer(str(tmp_path / "dot"), device="cpu"))
+    q, p = ["alpha beta", "gamma"], ["beta gamma delta", "alpha"]
+    negs = [["delta", "beta beta alpha"], ["gamma gamma", "delta alpha"]]
+    with torch.no_grad():
+        eq, ep = dot.encode_query(q), dot.encode_doc(p)
+        en = [dot.encode_doc(n) for n in negs]
+        s_pos = (eq * ep).sum(-1)
+        s_neg = torch.stack([(eq * e).sum(-1) for e in en], 1)
+        # one negative: labels are the signed teacher margins t+ - t-
+        margins = torch.tensor([1.5, -0.7])
+        theirs = ref.compute_loss_from_embeddings([eq, ep, en[0]], margins)
+        assert L.margin_mse_from_margin(s_pos, s_neg[:, 0], margins).item() == pytest.approx(theirs.item(), rel=1e-5)
+        # n-tuple form: labels are the teacher scores (B, 1 + K); both average over every (q, p+, p-_k)
+        t = torch.tensor([[3.0, 1.0, 4.0], [0.5, 2.0, -1.0]])
+        theirs = ref.compute_loss_from_embeddings([eq, ep, *en], t)
+        ours = L.margin_mse(s_pos[:, None], s_neg, t[:, :1], t[:, 1:])
+        assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
 
 
 def test_in_batch_contrastive_symmetric_and_masks():
@@ -174,6 +200,16 @@ def test_metrics_mrr_cutoff_and_exponential_gain():
     assert m["nDCG@2"] == pytest.approx(dcg / idcg, rel=1e-5)
 
 
+def test_ndcg_of_a_short_list_never_counts_missed_documents():
+    # a 1-document list; the judged document 7 was not retrieved: it must not enter the top 10 as a prediction
+    m = ranking_metrics([[3]], [{7: 2, 3: 0}], rel_threshold=1, recall_ks=(10,))
+    assert m["nDCG@10"] == 0.0 and m["MRR@10"] == 0.0 and m["R@10"] == 0.0
+    m = ranking_metrics([[3, 7]], [{7: 2}], rel_threshold=1, recall_ks=(10,))
+    assert m["nDCG@10"] == pytest.approx(1 / math.log2(3)) and m["MRR@10"] == 0.5
+    # an empty list (a judged query missing from a run) scores 0
+    assert ranking_metrics([[]], [{7: 1}], recall_ks=())["nDCG@10"] == 0.0
+
+
 def test_rank_is_stable_on_ties():
     assert rank(np.array([[1.0, 2.0, 2.0, 0.5]]), np.array([[10, 11, 12, 13]])).tolist() == [[11, 12, 10, 13]]
     assert pairwise_accuracy(np.array([[3.0, 1.0, 1.0]]), np.array([[2, 0, 1]])) == pytest.approx(2.5 / 3)
@@ -191,6 +227,49 @@ def test_bm25_prefers_matching_and_rare_terms():
     assert (sc[2] == 0).all()
     # idf: Lucene form, non-negative
     assert (bm.idf > 0).all()
+
+
+def test_bm25_random_ties_and_index_ties():
+    docs = ["x a", "x b", "x c", "x d", "y"]
+    bm = BM25(docs)
+    ids, _ = bm.topk(["x"], 4, ties="index")
+    assert ids.tolist() == [[0, 1, 2, 3]]
+    orders = {tuple(bm.topk(["x"], 4, ties="random", seed=s)[0][0]) for s in range(20)}
+    assert len(orders) > 1 and all(set(o) == {0, 1, 2, 3} for o in orders)
+    assert (bm.topk(["x"], 4, ties="random", seed=3)[0] == bm.topk(["x"], 4, ties="random", seed=3)[0]).all()
+    with pytest.raises(ValueError, match="ties"):
+        bm.topk(["x"], 2, ties="nope")
+
+
+def test_bm25_equals_bm25s_lucene():
+    bm25s = pytest.importorskip("bm25s")
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(30)]
+    docs = [" ".join(rng.choice(words, size=int(rng.integers(3, 15)))) for _ in range(40)]
+    queries = [" ".join(rng.choice(words, size=3, replace=False)) for _ in range(6)]
+    ours = BM25(docs, k1=0.9, b=0.4)
+    ref = bm25s.BM25(method="lucene", k1=0.9, b=0.4)
+    ref.index(bm25s.tokenize(docs, stopwords=None, show_progress=False), show_progress=False)
+    for q, row in zip(queries, ours.scores(queries), strict=True):
+        theirs = ref.get_scores(q.split())
+        # bm25s (Lucene >= 8) drops the constant (k1 + 1) factor of the Robertson tf part; ranking is identical
+        assert np.allclose(row, theirs * (0.9 + 1.0), rtol=1e-5, atol=1e-6)
+
+
+def test_streaming_topk_equals_bruteforce_with_bounded_blocks():
+    from common.retrieval.index import streaming_topk
+
+    g = torch.Generator().manual_seed(1)
+    d, q = torch.randn(103, 6, generator=g), torch.randn(9, 6, generator=g)
+    d[50] = d[7]  # a tie: the passage seen first wins
+    ids = [f"p{i}" for i in range(len(d))]
+    chunks = ((ids[s : s + 10], d[s : s + 10]) for s in range(0, len(d), 10))
+    top, sc = streaming_topk(q, chunks, k=12, query_block=4)
+    ref = torch.sort(-(q @ d.T), dim=1, stable=True).indices[:, :12]
+    assert top == [[ids[j] for j in row] for row in ref.tolist()]
+    assert np.allclose(sc, torch.gather(q @ d.T, 1, ref).numpy(), atol=1e-5)
+    top, _ = streaming_topk(q, iter([(ids[:3], d[:3])]), k=5)  # fewer passages than k
+    assert all(len(r) == 3 for r in top)
 
 
 def test_dense_index_matches_bruteforce_and_rerank():

@@ -11,6 +11,8 @@ Conventions (trec_eval, retrieval_common.md §4):
 
 torchmetrics only sees the documents in a list, so judged documents that a list missed are appended below the
 list with a lower score: they then count in the ideal DCG and the recall denominator but never inside the top k.
+A list shorter than the largest cut-off is first padded with unjudged placeholders up to that depth, so a missed
+document can never slip into the top k of a short list.
 """
 
 from __future__ import annotations
@@ -31,17 +33,18 @@ def rank(scores: torch.Tensor | np.ndarray, ids: torch.Tensor | np.ndarray | Non
     return np.take_along_axis(np.asarray(ids), order, axis=-1)
 
 
-def _flatten(ranked: Sequence[Sequence[int]], qrels: Sequence[dict[int, int]]):
+def _flatten(ranked: Sequence[Sequence[int]], qrels: Sequence[dict[int, int]], depth: int = 0):
     idx, preds, target = [], [], []
     for q, (lst, rel) in enumerate(zip(ranked, qrels, strict=True)):
         lst = [int(d) for d in lst]
-        n = len(lst)
         seen = set(lst)
         missed = [d for d, r in rel.items() if r > 0 and d not in seen]
+        labels = [rel.get(d, 0) for d in lst] + [0] * max(0, depth - len(lst))  # unjudged placeholders
+        n = len(labels)
         idx.extend([q] * (n + len(missed)))
         preds.extend(range(n + len(missed), len(missed), -1))  # strictly decreasing, all > the missed ones
         preds.extend([0] * len(missed))
-        target.extend(rel.get(d, 0) for d in lst)
+        target.extend(labels)
         target.extend(rel[d] for d in missed)
     return (
         torch.tensor(idx, dtype=torch.long),
@@ -65,7 +68,7 @@ def ranking_metrics(
         raise ValueError(f"ranked has {len(ranked)} queries but qrels has {len(qrels)}")
     if any(not any(r >= rel_threshold for r in rel.values()) for rel in qrels):
         raise ValueError(f"every query needs at least one judgement >= rel_threshold={rel_threshold}")
-    idx, preds, target = _flatten(ranked, qrels)
+    idx, preds, target = _flatten(ranked, qrels, depth=max([mrr_k, ndcg_k, *recall_ks]))
     binary = target >= rel_threshold
     out: dict[str, float] = {}
     out[f"MRR@{mrr_k}"] = float(RetrievalMRR(top_k=mrr_k, empty_target_action="neg")(preds, binary, indexes=idx))

@@ -62,12 +62,22 @@ class BM25:
         """Dense (Q, N_docs) score matrix."""
         return np.asarray((self._query_matrix(queries) @ self.weights.T).todense())
 
-    def topk(self, queries: list[str], k: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k document ids and scores per query, ties broken by the lower document id (stable)."""
+    def topk(
+        self, queries: list[str], k: int, chunk: int = 256, ties: str = "index", seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k document ids and scores per query. Equal scores are ordered by the lower document id
+        (``ties='index'``) or in a random order drawn per query from ``seed`` (``ties='random'``): with an index
+        order a collection whose relevant documents happen to have low ids would be favoured."""
+        if ties not in ("index", "random"):
+            raise ValueError(f"ties: {ties!r} not in ('index', 'random')")
+        rng = np.random.default_rng(seed)
         ids, scs = [], []
         for s in range(0, len(queries), chunk):
             sc = self.scores(queries[s : s + chunk])
-            order = np.argsort(-sc, axis=1, kind="stable")[:, :k]
+            if ties == "random":
+                order = np.lexsort((rng.random(sc.shape), -sc), axis=-1)[:, :k]
+            else:
+                order = np.argsort(-sc, axis=1, kind="stable")[:, :k]
             ids.append(order)
             scs.append(np.take_along_axis(sc, order, axis=1))
         if not ids:

@@ -3,6 +3,7 @@
 Architectures as in Hofstätter et al. 2020 (arXiv:2010.02666) and their matchmaker library:
 * ``CrossEncoder`` (CAT): ``[CLS] q [SEP] p [SEP]`` -> CLS vector -> linear -> one raw score (a logit, never
   squashed: Margin-MSE needs the teacher's raw scale). Built on ``AutoModelForSequenceClassification(num_labels=1)``.
+  ``pooling='mean'`` (not the paper's) feeds the masked mean of the last hidden states to the same linear head.
 * ``BiEncoder`` (DOT): one encoder shared by queries and passages, CLS vector, unnormalised dot product, optional
   linear compression (off by default). Saved folders also carry a sentence-transformers description (CLS pooling)
   so ``SentenceTransformer(folder)`` loads them.
@@ -68,14 +69,21 @@ class _Base(nn.Module):
 
 
 class CrossEncoder(_Base):
-    """BERT_CAT: score(q, p) = w . CLS(BERT([CLS] q [SEP] p [SEP])) + b."""
+    """BERT_CAT: score(q, p) = w . CLS(BERT([CLS] q [SEP] p [SEP])) + b (or the mean of the hidden states)."""
 
     kind = "cat"
 
-    def __init__(self, model, tokenizer, max_query_len: int = 30, max_doc_len: int = 200):
+    def __init__(self, model, tokenizer, max_query_len: int = 30, max_doc_len: int = 200, pooling: str = "cls"):
         super().__init__(tokenizer, max_query_len, max_doc_len)
-        self.model = model
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling: {pooling!r} not in ('cls', 'mean')")
+        if pooling == "mean" and not isinstance(getattr(model, "classifier", None), nn.Linear):
+            raise ValueError("pooling='mean' needs a model whose head is one linear layer named 'classifier'")
+        self.model, self.pooling = model, pooling
         self._use_tt = "token_type_ids" in tokenizer.model_input_names
+
+    def _meta(self) -> dict:
+        return {**super()._meta(), "pooling": self.pooling}
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kw) -> CrossEncoder:
@@ -97,7 +105,12 @@ class CrossEncoder(_Base):
         return _pad(seqs, t.pad_token_id, segs, self.device)
 
     def forward(self, queries: list[str], docs: list[str]) -> torch.Tensor:
-        return self.model(**self.tokenize(queries, docs)).logits.squeeze(-1)
+        batch = self.tokenize(queries, docs)
+        if self.pooling == "cls":
+            return self.model(**batch).logits.squeeze(-1)
+        h = self.model.base_model(**batch).last_hidden_state
+        m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+        return self.model.classifier((h * m).sum(1) / m.sum(1).clamp_min(1.0)).squeeze(-1)
 
     @torch.no_grad()
     def score(self, queries: list[str], docs: list[str], batch_size: int = 256) -> torch.Tensor:

@@ -1,15 +1,17 @@
 """Brute-force dense index and candidate re-ranking (evaluation side of ranking distillation).
 
 ``DenseIndex`` keeps passage vectors in memory and answers top-k by chunked matrix products (what faiss'
-IndexFlatIP does; at the paper's 8.8M-passage scale use faiss on a GPU instead). ``rerank`` scores fixed candidate
-lists (e.g. BM25 top-100) with any pair scorer.
+IndexFlatIP does). ``streaming_topk`` never holds the collection: passages are encoded chunk by chunk and each
+chunk's scores are merged into a running top-k per query, so memory is bounded by (queries x k) plus one
+(query block x passage chunk) score block -- the full-collection search of the paper's 8.8M passages. ``rerank``
+scores fixed candidate lists (e.g. BM25 top-100) with any pair scorer.
 
 Left out: approximate search, compression, sharding over processes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -44,10 +46,44 @@ class DenseIndex:
         ids, scores = [], []
         for s in range(0, len(q), chunk):
             sim = q[s : s + chunk] @ self.vectors.T
-            top = torch.sort(-sim, dim=-1, stable=True).indices[:, :k]
+            top = torch.sort(-sim, dim=-1, stable=True).indices[:, :k]  # stable: ties go to the lower index
             ids.append(self.ids[top.numpy()])
             scores.append(torch.gather(sim, 1, top).numpy())
         return np.concatenate(ids), np.concatenate(scores)
+
+
+@torch.no_grad()
+def streaming_topk(
+    queries: torch.Tensor,
+    passage_chunks: Iterable[tuple[Sequence, torch.Tensor]],
+    k: int,
+    query_block: int = 4096,
+) -> tuple[list[list], np.ndarray]:
+    """Exact inner-product top-k over a collection given as chunks ``(ids, vectors)`` (e.g. encoded on the fly).
+
+    Keeps a running (Q, k) table of the best scores and their global positions; each chunk is scored against
+    ``query_block`` queries at a time and merged with ``torch.topk``, so the (Q, N) score matrix never exists.
+    Ties between equal scores go to the passage seen first. Returns (ids per query, scores (Q, k))."""
+    q = queries.detach().float().cpu()
+    best_s = torch.full((len(q), k), float("-inf"))
+    best_i = torch.full((len(q), k), -1, dtype=torch.long)
+    all_ids: list = []
+    for ids, vecs in passage_chunks:
+        v = vecs.detach().float().cpu()
+        offset = len(all_ids)
+        all_ids.extend(ids)
+        pos = torch.arange(offset, offset + len(v))
+        for s in range(0, len(q), query_block):
+            sim = q[s : s + query_block] @ v.T
+            cat_s = torch.cat([best_s[s : s + query_block], sim], 1)
+            cat_i = torch.cat([best_i[s : s + query_block], pos.expand(len(sim), -1)], 1)
+            # sort by (score desc, position asc) so ties keep the earlier passage
+            order = torch.sort(-cat_s, dim=1, stable=True).indices[:, :k]
+            best_s[s : s + query_block] = torch.gather(cat_s, 1, order)
+            best_i[s : s + query_block] = torch.gather(cat_i, 1, order)
+    kk = min(k, len(all_ids))
+    out_ids = [[all_ids[int(j)] for j in row[:kk]] for row in best_i]
+    return out_ids, best_s[:, :kk].numpy()
 
 
 @torch.no_grad()

@@ -63,10 +63,24 @@ def listnet(s: torch.Tensor, t: torch.Tensor, tau: float = 1.0, teacher_temp: fl
     return -(p_t * F.log_softmax(s / tau, dim=-1)).sum(-1).mean()
 
 
-def ranknet_teacher(s_pos: torch.Tensor, s_neg: torch.Tensor, t_pos: torch.Tensor, t_neg: torch.Tensor) -> torch.Tensor:
-    """RankNet weighted by the teacher margin y = t+ - t- (matchmaker RankNetTeacher)."""
+def ranknet_teacher(
+    s_pos: torch.Tensor, s_neg: torch.Tensor, t_pos: torch.Tensor, t_neg: torch.Tensor, negative: str = "clamp"
+) -> torch.Tensor:
+    """RankNet weighted by the teacher margin y = t+ - t- (matchmaker RankNetTeacher).
+
+    A negative weight would turn the loss around: minimising -|y| * softplus(-(s+ - s-)) pushes s+ - s- to minus
+    infinity without bound. ``negative`` says what happens to pairs the teacher orders against the label:
+    ``clamp`` (default) gives them weight 0; ``flip`` trains the teacher's order (target 0) with weight |y|;
+    ``raise`` refuses them."""
+    if negative not in ("clamp", "flip", "raise"):
+        raise ValueError(f"negative: {negative!r} not in ('clamp', 'flip', 'raise')")
     w = (t_pos - t_neg).detach()
-    return (w * F.softplus(-(s_pos - s_neg))).mean()
+    d = s_pos - s_neg
+    if negative == "raise" and bool((w < 0).any()):
+        raise ValueError(f"ranknet_teacher: {int((w < 0).sum())} pairs have a negative teacher margin")
+    if negative == "flip":
+        return (w.abs() * F.softplus(-torch.sign(w) * d)).mean()
+    return (w.clamp_min(0.0) * F.softplus(-d)).mean()
 
 
 def ranknet_pairs(s: torch.Tensor, t: torch.Tensor, tau: float = 1.0) -> torch.Tensor:

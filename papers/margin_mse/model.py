@@ -69,22 +69,24 @@ def identity_qk_init(encoder, layers: int, scale: float = 1.0) -> None:
 def build_teacher(
     cfg: Config, vocab_words: list[str], base: str | None = None, layers: int | None = None, student: bool = False
 ) -> CrossEncoder:
-    """BERT_CAT: ``[CLS] q [SEP] p [SEP]`` -> CLS -> linear (new 1-logit head on the pretrained encoder)."""
+    """BERT_CAT: ``[CLS] q [SEP] p [SEP]`` -> CLS (or mean, ``teacher_pooling``) -> linear (a new 1-logit head on
+    the pretrained encoder)."""
     base = cfg.teacher_base if base is None else base
     layers = cfg.teacher_layers if layers is None else layers
     lens = dict(max_query_len=cfg.max_query_len, max_doc_len=cfg.max_doc_len)
+    pool = "cls" if student else cfg.teacher_pooling
     if base == "tiny":
         tok = word_tokenizer(vocab_words)
         h = cfg.student_hidden if student else cfg.teacher_hidden
         n_pos = cfg.max_query_len + cfg.max_doc_len + 3
         conf = tiny_config("cat", len(tok), hidden=h, layers=max(layers, 1), heads=max(1, h // 16), max_len=n_pos)
-        enc = CrossEncoder.from_config(conf, tok, **lens)
+        enc = CrossEncoder.from_config(conf, tok, pooling=pool, **lens)
         identity_qk_init(enc.model, cfg.identity_init_layers)
         return enc
     path = resolve_base(base)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **_truncate_kw(layers))
     _freeze(model, cfg)
-    return CrossEncoder(model, AutoTokenizer.from_pretrained(path), **lens)
+    return CrossEncoder(model, AutoTokenizer.from_pretrained(path), pooling=pool, **lens)
 
 
 def build_student(cfg: Config, vocab_words: list[str]):
