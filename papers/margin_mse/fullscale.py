@@ -276,12 +276,14 @@ def main_msmarco(cfg, tables: dict | None = None, ir_module=None) -> dict:
     n = len(tri)
     bar = run.progress(total=cfg.steps, initial=step, desc="student")
     t0 = time.time()
+    perm: tuple[int, np.ndarray] = (-1, np.zeros(0, dtype=np.int64))
     while step < cfg.steps and state["bad"] < cfg.patience:
         model.train()
         # epoch-wise permutation from the seed: a resumed run draws the same batches
         ep, j = divmod(step * run.per_device_batch, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + ep)).numpy()
-        idx = np.sort(perm[j : j + run.per_device_batch])
+        if perm[0] != ep:
+            perm = (ep, torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + ep)).numpy())
+        idx = np.sort(perm[1][j : j + run.per_device_batch])
         q = queries.get(tri.qid[idx])
         s = model(q + q, corpus.get(tri.pos[idx]) + corpus.get(tri.neg[idx])).float()
         with run.accelerator.accumulate(model):

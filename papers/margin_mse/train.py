@@ -89,16 +89,17 @@ def train_student(cfg: Config, run, bench, teacher: dict | None):
     inner = run.accelerator.unwrap_model(model)
     nq = bench.train_lists.shape[0]
     # the epoch order is a function of the seed alone, so a resumed run continues the same sequence
-    per_epoch = max(1, nq // run.per_device_batch)
-    order = torch.cat([torch.randperm(nq, generator=torch.Generator().manual_seed(cfg.seed * 1000 + ep))
-                       for ep in range(cfg.steps // per_epoch + 1)])  # fmt: skip
+    b = run.per_device_batch
+    per_epoch = math.ceil(nq / b)  # the last batch of an epoch may be smaller: every query once per epoch
+    orders = [torch.randperm(nq, generator=torch.Generator().manual_seed(cfg.seed * 1000 + ep))
+              for ep in range(cfg.steps // per_epoch + 1)]  # fmt: skip
     t_train = teacher["train"] if teacher is not None else None
     bar = run.progress(total=cfg.steps, initial=step, desc=f"student {cfg.variant}")
     t0 = time.time()
     while step < cfg.steps:
         model.train()
         ep, j = divmod(step, per_epoch)
-        qi = order[ep * nq + j * run.per_device_batch : ep * nq + (j + 1) * run.per_device_batch].numpy()
+        qi = orders[ep][j * b : (j + 1) * b].numpy()
         lists = bench.train_lists[qi]
         k1 = lists.shape[1]
         q = [bench.train_queries[i] for i in qi for _ in range(k1)]
@@ -222,6 +223,8 @@ def main(argv=None) -> dict:
     cfg = parse_cli(Config, PRESETS, argv=argv, description=__doc__)
     if cfg.dataset == "msmarco":
         from papers.margin_mse.fullscale import main_msmarco, tiny_tables
+
+        cfg = cfg if cfg.method else replace(cfg, method=cfg.variant)
 
         if cfg.hf_dataset != "tiny":
             return main_msmarco(cfg)
