@@ -253,3 +253,16 @@ def test_rerank_by_encoding_equals_pairwise_scores():
         fast = rerank_by_encoding(model, q, c, bench.passages, batch=7)
         ref = rerank(model, q, c, bench.passages, batch_size=11)
         assert torch.allclose(fast, ref, atol=1e-4), student
+
+
+def test_teacher_restart_cycles_continue_a_cached_teacher_exactly(tmp_path):
+    from papers.margin_mse.benchmark import ensure_teachers
+
+    cfg, bench = _smoke_bench(teacher_steps=3, teacher_restart_steps=2)
+    one = ensure_teachers(cfg, bench, 1, tmp_path / "a")  # cycle 0, cached
+    two = ensure_teachers(dataclasses.replace(cfg, teacher_cycles=2), bench, 1, tmp_path / "a")  # continues it
+    fresh = ensure_teachers(dataclasses.replace(cfg, teacher_cycles=2), bench, 1, tmp_path / "b")  # from scratch
+    assert torch.allclose(two[0]["dev"], fresh[0]["dev"], atol=1e-5)
+    assert not torch.allclose(two[0]["dev"], one[0]["dev"])
+    key = json.loads((tmp_path / "a" / "cat-0" / "cache_key.json").read_text())
+    assert key["teacher_cycles"] == 2 and key["teacher_restart_steps"] == 2

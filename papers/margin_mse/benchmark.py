@@ -174,37 +174,42 @@ def reciprocal_ranks(ranked: np.ndarray, qrels: list[dict[int, int]], k: int = 1
 # --- teachers ---------------------------------------------------------------------------------------------------
 
 
-def train_teacher(cfg: Config, bench: Bench, seed: int, log=print):
-    """Fixed steps on the teacher lists: softmax cross-entropy over (p+, p-_1..K) (our default) or binary RankNet
-    on every (p+, p-_k) pair (matchmaker's ``ranknet``)."""
-    torch.manual_seed(seed)
-    model = build_teacher(cfg, bench.vocab)
+def train_teacher(cfg: Config, bench: Bench, seed: int, log=print, model=None, first_cycle: int = 0):
+    """``teacher_cycles`` warm-restart cycles of ``teacher_steps`` on the teacher lists: softmax cross-entropy over
+    (p+, p-_1..K) (our default) or binary RankNet on every (p+, p-_k) pair (matchmaker's ``ranknet``). Each cycle
+    starts a fresh AdamW with its own warm-up and linear decay and draws batches from its own RNG (cycle 0: ``seed``,
+    cycle c: ``[seed, c]``), so training a cached model on from ``first_cycle`` equals training from scratch."""
+    if model is None:
+        torch.manual_seed(seed)
+        model = build_teacher(cfg, bench.vocab)
     model.train()
-    opt = torch.optim.AdamW(param_groups(model, cfg.teacher_lr, cfg.head_lr_mult, cfg.weight_decay))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear_decay(cfg.teacher_warmup_steps, cfg.teacher_steps))
-    rng = np.random.default_rng(seed)
     lists = bench.teacher_lists
     nq, k1 = lists.shape
-    t0, ema = time.time(), None
-    for step in range(cfg.teacher_steps):
-        qi = rng.integers(nq, size=cfg.teacher_batch)
-        q = [bench.train_queries[i] for i in qi for _ in range(k1)]
-        d = [bench.passages[p] for p in lists[qi].reshape(-1)]
-        s = model(q, d).view(len(qi), k1)
-        if cfg.teacher_loss == "softmax":
-            loss = F.cross_entropy(s, torch.zeros(len(qi), dtype=torch.long))
-        else:
-            loss = ranknet(s[:, :1], s[:, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
-        if (step + 1) % max(1, cfg.log_every) == 0:
-            log(
-                f"teacher seed {seed} step {step + 1}/{cfg.teacher_steps} {cfg.teacher_loss} {ema:.4f} "
-                f"({(time.time() - t0) / (step + 1):.2f}s/step)"
-            )
+    for cycle in range(first_cycle, cfg.teacher_cycles):
+        steps = cfg.teacher_steps if cycle == 0 or not cfg.teacher_restart_steps else cfg.teacher_restart_steps
+        opt = torch.optim.AdamW(param_groups(model, cfg.teacher_lr, cfg.head_lr_mult, cfg.weight_decay))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear_decay(cfg.teacher_warmup_steps, steps))
+        rng = np.random.default_rng(seed if cycle == 0 else [seed, cycle])
+        t0, ema = time.time(), None
+        for step in range(steps):
+            qi = rng.integers(nq, size=cfg.teacher_batch)
+            q = [bench.train_queries[i] for i in qi for _ in range(k1)]
+            d = [bench.passages[p] for p in lists[qi].reshape(-1)]
+            s = model(q, d).view(len(qi), k1)
+            if cfg.teacher_loss == "softmax":
+                loss = F.cross_entropy(s, torch.zeros(len(qi), dtype=torch.long))
+            else:
+                loss = ranknet(s[:, :1], s[:, 1:])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+            if (step + 1) % max(1, cfg.log_every) == 0:
+                log(
+                    f"teacher seed {seed} cycle {cycle} step {step + 1}/{steps} {cfg.teacher_loss} "
+                    f"{ema:.4f} ({(time.time() - t0) / (step + 1):.2f}s/step)"
+                )
     model.eval()
     return model
 
@@ -216,7 +221,8 @@ def score_lists(model, queries: list[str], lists: np.ndarray, passages: list[str
 TEACHER_KEYS = (
     "dataset", "data_seed", "n_entities", "n_attributes", "values_per_attribute", "facts_per_passage", "dev_frac",
     "val_frac", "train_paraphrases", "candidates", "negatives_per_query", "bm25_k1", "bm25_b", "teacher_base",
-    "teacher_layers", "teacher_hidden", "teacher_pooling", "identity_init_layers", "teacher_steps", "teacher_loss",
+    "teacher_layers", "teacher_hidden", "teacher_pooling", "identity_init_layers", "teacher_steps", "teacher_cycles", "teacher_restart_steps",
+    "teacher_loss",
     "teacher_negatives", "teacher_distractor_frac", "teacher_lr", "head_lr_mult", "weight_decay",
     "teacher_warmup_steps", "teacher_batch", "max_query_len", "max_doc_len", "freeze_embeddings",
 )  # fmt: skip
@@ -237,12 +243,26 @@ def ensure_teachers(
     for t in only if only is not None else range(n):
         d = cache_dir / f"cat-{t}"
         f = d / "scores.pt"
-        if f.is_file() and (d / "cache_key.json").is_file() and json.loads((d / "cache_key.json").read_text()) == key:
+        cached = json.loads((d / "cache_key.json").read_text()) if (d / "cache_key.json").is_file() else None
+        if cached is not None:  # keys added later hold their defaults in older caches
+            cached = {"teacher_cycles": 1, "teacher_restart_steps": 0, **cached}
+        if f.is_file() and cached == key:
             out.append(torch.load(f))
             continue
-        t0 = time.time()
-        model = train_teacher(cfg, bench, seed=1000 + t, log=log)
-        train_s = time.time() - t0
+        t0, model, first, prior_s = time.time(), None, 0, 0.0
+        # a cached teacher that differs only by fewer cycles is trained on (the cycles are independent restarts)
+        later = ("teacher_cycles", "teacher_restart_steps")
+        same = cached is not None and {k: v for k, v in cached.items() if k not in later} == {
+            k: v for k, v in key.items() if k not in later
+        }
+        if same and cached.get("teacher_cycles", 1) < cfg.teacher_cycles and (d / "model").is_dir():
+            from papers.margin_mse.model import load_encoder
+
+            model, first = load_encoder(d / "model"), cached.get("teacher_cycles", 1)
+            prior_s = float(torch.load(f).get("train_wall_time_s", 0.0)) if f.is_file() else 0.0
+            log(f"teacher {t}: continuing the cached model from cycle {first}")
+        model = train_teacher(cfg, bench, seed=1000 + t, log=log, model=model, first_cycle=first)
+        train_s = prior_s + time.time() - t0
         tr = score_lists(model, bench.train_queries, bench.train_lists, bench.passages, cfg.eval_batch)
         sc = {
             name: score_lists(model, bench.split(name).queries, bench.split(name).cands, bench.passages, cfg.eval_batch)

@@ -65,7 +65,9 @@ class Config(BaseConfig):
     # --- teachers ---
     teacher: str = cfg_field("T2", "T1 = one CAT; T2 = mean ensemble of n_teachers CATs", choices=("T1", "T2"))
     n_teachers: int = cfg_field(3, "T2 ensemble size (the paper: 3 backbones; here: teacher seeds)", min=1)
-    teacher_steps: int = cfg_field(300, "optimizer steps per teacher", min=0)
+    teacher_steps: int = cfg_field(300, "optimizer steps per teacher and cycle", min=0)
+    teacher_cycles: int = cfg_field(1, "teacher: warm-restart cycles (fresh AdamW and warm-up/decay each; ours)", min=1)
+    teacher_restart_steps: int = cfg_field(0, "teacher: steps of each cycle after the first (0 = teacher_steps)", min=0)
     teacher_loss: str = cfg_field(
         "softmax", "teacher: softmax CE over (p+, p-_1..K) or binary RankNet (paper)", choices=("softmax", "ranknet")
     )

@@ -264,10 +264,13 @@ def run_embedded(cfg: Config, bench=None, teachers: list[dict] | None = None, wr
         run.accelerator.wait_for_everyone()
         if not run.is_main:
             teachers = ensure_teachers(cfg, bench, n_t, cache / "teachers", log=log)
-    teacher = ensemble(teachers[:n_t], cfg.teacher)
+    # teachers=[]: a labels-only student trained before the teachers exist (nothing is recorded then)
+    teacher = ensemble(teachers[:n_t], cfg.teacher) if teachers else None
+    if teacher is None and cfg.loss != "ranknet":
+        raise ValueError(f"loss={cfg.loss} needs teacher scores")
     split = bench.split(cfg.eval_split)
     bm25 = eval_rerank(split.bm25, split)
-    tm = eval_rerank(teacher[cfg.eval_split], split)
+    tm = eval_rerank(teacher[cfg.eval_split], split) if teacher is not None else None
     log(f"BM25 {bm25}\nteacher {cfg.teacher} {tm}")
 
     use_teacher = cfg.loss != "ranknet"
@@ -275,15 +278,16 @@ def run_embedded(cfg: Config, bench=None, teachers: list[dict] | None = None, wr
     metrics = evaluate_student(cfg, model, bench)
     dev_scores, rr = metrics.pop("_scores"), metrics.pop("_rr")
     log(f"{cfg.variant} seed {cfg.seed} lr {cfg.lr}: {cfg.eval_split} MRR@10 {metrics['rerank_MRR@10']:.4f}")
-    if run.is_main and write:
+    if run.is_main and write and teacher is not None:
         plot_score_ranges(run.path("score_ranges.png"), dev_scores, teacher[cfg.eval_split], split.bm25, cfg.variant)
-    metrics["teacher_score_mean"] = float(teacher[cfg.eval_split].mean())
-    metrics["teacher_score_std"] = float(teacher[cfg.eval_split].std())
+    if teacher is not None:
+        metrics["teacher_score_mean"] = float(teacher[cfg.eval_split].mean())
+        metrics["teacher_score_std"] = float(teacher[cfg.eval_split].std())
     metrics["latency_ms_student"] = latency_ms(
         model, split, bench.passages, cfg.latency_queries, cfg.latency_candidates, cfg.eval_batch
     )
     # precondition of a single run: the teacher beats BM25 and the labels-only student of the same configuration
-    if run.is_main:
+    if run.is_main and teacher is not None:
         if cfg.loss == "ranknet":
             atomic_write_json({"metrics": metrics}, cache / f"labels-only-{labels_only_key(cfg)}.json")
         lab = label_only_result(cfg, cache)
