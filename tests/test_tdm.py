@@ -347,3 +347,33 @@ def test_two_processes_with_accumulation_match_one(tmp_path):
     one, two = run_both("papers.tdm.train", "toy2d-smoke", sets, tmp_path, global_batch=16)
     assert one["step"] == two["step"] == 3
     assert assert_same(one, two, ["generator", "fake"]) > 0
+
+
+@pytest.mark.parametrize("preset", ["digits-smoke", "pixart512-smoke", "pixart1024-smoke", "sdxl-smoke", "sd15-smoke"])
+def test_preset_smoke_twins(preset, tmp_path):
+    _run("papers.tdm.train", ["--preset", preset], tmp_path)
+    recs = _records(tmp_path, preset)
+    assert "tdm" in recs and any(m.startswith("teacher, ") for m in recs)
+    assert recs["tdm"]["nfe"] == 4 and recs["tdm"]["sampling_throughput"] > 0
+
+
+def test_fullscale_setup_is_data_free_and_lora_trains_adapters_only():
+    from papers.tdm.model import build
+
+    S = build(_preset("sdxl-smoke"))
+    trainable = [n for n, p in S.student.named_parameters() if p.requires_grad]
+    assert trainable and all("lora" in n for n in trainable)
+    assert all(p.requires_grad for p in S.fake.parameters())  # the fake score is a full copy
+    from common.diffusion.t2i import build_t2i
+    from papers.tdm.fullscale import _shared_cfg
+
+    T = build_t2i(_shared_cfg(_preset("pixart512-smoke")), real_images=False, gan_head=False)
+    assert T.head is None
+    with pytest.raises(ValueError, match="without real images"):
+        T.sample_real(2, torch.Generator().manual_seed(0))
+
+
+def _preset(name):
+    from papers.tdm.config import PRESETS
+
+    return PRESETS[name]

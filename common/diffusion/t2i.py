@@ -360,7 +360,11 @@ def t2i_kind(cfg) -> str:
     return "sdxl" if cfg.preset.startswith("sdxl") else "sd15"
 
 
-def build_t2i(cfg):
+def build_t2i(cfg, real_images: bool = True, gan_head: bool = True):
+    """Teacher, generator and fake score (copies of the teacher), prompt sampler, schedule of a text-to-image task.
+
+    real_images / gan_head False: a data-free method without a discriminator (TDM) needs no image data and no head;
+    `sample_real` then raises and the head is None."""
     from common.diffusion.tasks import Setup
 
     kind = t2i_kind(cfg)
@@ -386,9 +390,9 @@ def build_t2i(cfg):
     else:
         mid = lat // 2 ** (len(backbone.config.block_out_channels) - 1)
         channels = backbone.config.block_out_channels[-1]
-    head = ConvGANHead(channels, mid, groups=min(16 if cfg.tiny_models else 32, channels))
+    head = ConvGANHead(channels, mid, groups=min(16 if cfg.tiny_models else 32, channels)) if gan_head else None
     prompts = _prompts(cfg)
-    images = real_image_sampler(cfg, 3)
+    images = real_image_sampler(cfg, 3) if real_images else None
     vae = pipe.vae
 
     def dev():
@@ -399,6 +403,8 @@ def build_t2i(cfg):
         return encode([prompts[i] for i in idx], dev())
 
     def sample_real(n, g):  # real latents; the prompt list stands in for their captions
+        if images is None:
+            raise ValueError("this text-to-image task was built without real images (real_images=False)")
         x, _ = images(n, g)
         with torch.no_grad():
             lat_x = vae.to(dev()).encode(x.to(dev())).latent_dist.sample() * vae.config.scaling_factor

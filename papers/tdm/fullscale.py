@@ -52,7 +52,7 @@ def add_lora(denoiser, rank: int):
 def build_fullscale(cfg) -> Setup:
     from common.diffusion.t2i import build_t2i
 
-    T = build_t2i(_shared_cfg(cfg))
+    T = build_t2i(_shared_cfg(cfg), real_images=False, gan_head=False)
     student, fake = T.generator, T.fake
     if cfg.lora_rank:
         add_lora(student.denoiser, cfg.lora_rank)

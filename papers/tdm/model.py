@@ -1,40 +1,29 @@
 """TDM's networks for the CPU tiers: frozen VP teacher, K-step eps-student and fake score.
 
-toy2d (tdm.md §6): the teacher is the exact posterior mean of the 8-mode ring under the VP schedule; student and
-fake score are EDM-preconditioned MLPs read in VP time (`VPFromVE`), regressed onto the teacher for a few hundred
-steps (the toy's "copy of the teacher"); the student is a copy of that network.
-digits: the cached EDM UNet2DModel teacher of common.diffusion read in VP time; student and fake are copies.
-A VE denoiser D(y, s) (y = x0 + s eps) serves a VP schedule through x_t / alpha_t = x0 + (sigma_t / alpha_t) eps:
-x0_hat(x_t, t) = D(x_t / alpha_t, sigma_t / alpha_t).
+toy2d: the teacher is the exact posterior mean of the 8-mode ring under the VP schedule; student and fake score
+are EDM-preconditioned MLPs read in VP time (common `VPDenoiser`: x0_hat(x_t, t) = D(x_t / alpha_t, sigma_t /
+alpha_t)), regressed onto the teacher for 1500 steps at batch 1024 whatever the run's batch (the toy's "copy of the
+teacher"); the student is a copy of that network.
+digits: the shared cached EDM UNet2DModel teacher (common.diffusion.tasks) read in VP time; student and fake score
+are copies. pixart / sd: papers/tdm/fullscale.py.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
 from common.data.toy2d import ring
-from common.diffusion.denoisers import MLPDenoiser, freeze
-from common.diffusion.schedules import VPSchedule, bcast
+from common.diffusion.denoisers import MLPDenoiser, VPDenoiser, freeze
+from common.diffusion.schedules import VPSchedule
 from common.diffusion.teachers import AnalyticTeacher
 from papers.tdm.trajectory import StepConditioned
-
-
-class VPFromVE(nn.Module):
-    """A VE (EDM) denoiser read as a VP x0-model: net(x_t, t) = D(x_t / alpha_t, sigma_t / alpha_t)."""
-
-    def __init__(self, net: nn.Module, schedule: VPSchedule):
-        super().__init__()
-        self.net, self.schedule = net, schedule
-
-    def forward(self, x, t, cond=None, **kw):
-        t = torch.as_tensor(t, device=x.device).long().expand(x.shape[0])
-        a, s = self.schedule.alpha_sigma(t)
-        return self.net(x / bcast(a, x), s / a, cond, **kw)
 
 
 @dataclass
@@ -78,17 +67,43 @@ def _k_aware(cfg, net):
 def build_toy(cfg) -> Setup:
     data = ring(k=cfg.num_modes, radius=cfg.radius, std=cfg.mode_std)
     schedule = vp_schedule(cfg)
-    teacher = freeze(VPFromVE(AnalyticTeacher(data), schedule))
+    teacher = freeze(VPDenoiser(AnalyticTeacher(data), schedule))
     sd = float(data.sample(65536, torch.Generator().manual_seed(1234)).std(0).mean())
     torch.manual_seed(cfg.seed)
-    base = VPFromVE(MLPDenoiser(2, cfg.width, cfg.depth, sd), schedule)
+    base = VPDenoiser(MLPDenoiser(2, cfg.width, cfg.depth, sd), schedule)
     _regress(base, teacher, data, schedule, cfg.init_steps, 1024, cfg.seed, sd)  # independent of the run batch
     student = _k_aware(cfg, copy.deepcopy(base))
     fake = _k_aware(cfg, copy.deepcopy(base))
     return Setup(student, teacher, fake, schedule, lambda n, g: None, (2,), extra={"data": data})
 
 
-def build(cfg) -> Setup:
+def build_digits(cfg, progress=None) -> Setup:
+    """The shared cached EDM UNet2DModel digits teacher, read in VP time; student and fake score are copies."""
+    from common.diffusion.tasks import digits_teacher
+
+    ve, path = digits_teacher(SimpleNamespace(**dataclasses.asdict(cfg), sigma_data=0.5), progress)
+    schedule = vp_schedule(cfg)
+
+    def copy_of_teacher():
+        return _k_aware(cfg, VPDenoiser(copy.deepcopy(ve).train().requires_grad_(True), schedule))
+
+    teacher = freeze(VPDenoiser(ve, schedule))
+    return Setup(
+        copy_of_teacher(),
+        teacher,
+        copy_of_teacher(),
+        schedule,
+        lambda n, g: None,
+        (1, 8, 8),
+        extra={"teacher_path": path},
+    )
+
+
+def build(cfg, progress=None) -> Setup:
     if cfg.task == "toy2d":
         return build_toy(cfg)
-    raise NotImplementedError(f"task {cfg.task!r}")
+    if cfg.task == "digits":
+        return build_digits(cfg, progress)
+    from papers.tdm.fullscale import build_fullscale
+
+    return build_fullscale(cfg)

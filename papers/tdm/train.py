@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
     check_record_slot("tdm", cfg.preset, cfg.method or "tdm", cfg, cfg.results_dir)  # refuse before training
     run = start(cfg, paper="tdm")
     dev = run.device
-    S = build(cfg)
+    S = build(cfg, progress=run.progress)
     for m in (S.student, S.fake, S.teacher):
         m.to(dev)
     step = TDMStep(cfg, S)
