@@ -304,3 +304,14 @@ def test_two_process_run_through_the_entry_point(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rec = json.loads((tmp_path / "res" / "fdistill" / "toy2d-smoke" / "kl-seed0.json").read_text())
     assert rec["extra"]["ratio_bin_mean"] != [1.0] * 10  # statistics were updated (and agreed on by both ranks)
+
+
+@pytest.mark.parametrize("preset", ["digits-smoke", "cifar10-smoke", "imagenet64-smoke", "sd15-smoke"])
+def test_image_smoke_twins(preset, tmp_path):
+    """Every image preset's smoke twin through the real entry point: head on the frozen teacher's taps, records."""
+    import json
+
+    sets = ["--set", f"out_dir={tmp_path}/runs", f"results_dir={tmp_path}/res", f"cache_dir={tmp_path}/cache"]
+    _train(["--preset", preset, *sets], tmp_path)
+    recs = [json.loads(f.read_text()) for f in (tmp_path / "res").rglob("*.json")]
+    assert any(r["method"] in ("js", "kl") and r["paper"] == "fdistill" for r in recs)

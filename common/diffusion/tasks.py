@@ -42,6 +42,7 @@ __all__ = [
     "TASKS",
     "build",
     "toy_mixtures",
+    "regress_onto_teacher",
     "digits_teacher",
     "init_weights_from",
     "optim_settings",
@@ -245,7 +246,7 @@ def _student_steps(cfg, schedule) -> list[int]:
     return list(cfg.student_steps) if cfg.student_steps else [schedule.max_index()]
 
 
-def _regress_onto_teacher(net, teacher, mixture, schedule, steps, batch, seed):
+def regress_onto_teacher(net, teacher, mixture, schedule, steps, batch, seed):
     """'Copy of the teacher' for an analytic teacher: regress the VE net(x, sigma) onto the teacher's VE denoiser
     over the schedule's grid (VP levels as their VE equivalent sigma / alpha)."""
     if steps == 0:
@@ -317,7 +318,7 @@ def build_toy(cfg, progress=None) -> Setup:
         ve_teacher = AnalyticTeacher(teacher_mix, num_classes=nc)
 
     fake = MLPDenoiser(2, cfg.width, cfg.depth, sd, num_classes=nc)
-    _regress_onto_teacher(fake, ve_teacher, teacher_mix, schedule, cfg.fake_init_steps, cfg.global_batch, cfg.seed)
+    regress_onto_teacher(fake, ve_teacher, teacher_mix, schedule, cfg.fake_init_steps, cfg.global_batch, cfg.seed)
     generator = copy.deepcopy(fake)
     head = MLPGANHead(fake.feature_dim, cfg.width)
     teacher = ve_teacher

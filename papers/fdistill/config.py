@@ -13,18 +13,20 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from common.config import BaseConfig, ConfigError, cfg_field
+from common.config import ConfigError, cfg_field
+from common.diffusion.tasks import DistillConfig
 from papers.fdistill.losses import DIVERGENCES
 
-TASKS = ("toy2d", "digits", "cifar10", "imagenet64", "sd")
 # Imbalanced ring weights (a geometric-like decay; the smallest mode holds 0.5% of the mass). Not in the paper:
 # the CPU stand-in for its mode-coverage argument (paper §3, Fig. 8).
 IMBALANCED = (0.45, 0.25, 0.12, 0.08, 0.05, 0.03, 0.015, 0.005)
 
 
 @dataclass(frozen=True)
-class Config(BaseConfig):
-    task: str = cfg_field("toy2d", "problem / backbone family", choices=TASKS)
+class Config(DistillConfig):
+    """The shared distillation config (common/diffusion/tasks.py) plus f-distill's own fields; defaults follow
+    FastGen's f-distill where the paper is silent."""
+
     divergence: str = cfg_field("js", "f-divergence of the weighting h(r) (paper Table 1)", choices=tuple(DIVERGENCES))
     # --- f-weighting (paper §4.3; defaults: FastGen f_distill.py) ---
     logit_clamp: float = cfg_field(10.0, "clamp of the discriminator logit before exp", min=0.0)
@@ -46,90 +48,59 @@ class Config(BaseConfig):
         choices=("teacher", "fake", "input"),
     )
     taps: tuple[str, ...] = cfg_field(("mid",), "feature taps of the head (one head per tap, logits averaged)")
-    w_g: float = cfg_field(3e-3, "generator GAN loss weight (paper Table 5)", min=0.0)
-    w_d: float = cfg_field(1e-2, "discriminator loss weight in the critic loss (not in the paper: DMD2's)", min=0.0)
-    r1_weight: float = cfg_field(
-        0.0, "approximate R1 weight gamma (paper Table 5: 1 CIFAR-10 / SD, 0 ImageNet)", min=0.0
-    )
+    r1_weight: float = cfg_field(0.0, "approximate R1 weight gamma (Table 5: 1 CIFAR-10 / SD, 0 ImageNet)", min=0.0)
     r1_alpha: float = cfg_field(0.1, "approximate R1 perturbation scale", min=0.0)
-    # --- toy data, teacher, initial generator ---
-    num_modes: int = cfg_field(8, "toy: modes on the ring", min=2)
-    radius: float = cfg_field(2.0, "toy: ring radius", min=0.1)
-    mode_std: float = cfg_field(0.1, "toy: component std", min=1e-3)
-    mode_weights: tuple[float, ...] = cfg_field(IMBALANCED, "toy: mixture weights (normalised); () = equal")
+    critic_clip: float = cfg_field(
+        0.0, "critic gradient-norm clip (FastGen: none; grad_clip is the generator's)", min=0.0
+    )
+    # --- toy: skewed start ---
     init_mode: int = cfg_field(
         0, "toy: the initial generator is fitted to this mode only (the skewed q of paper Fig. 8); -1 = no skew", min=-1
     )
     init_steps: int = cfg_field(300, "toy: regression steps fitting the initial generator to its mode", min=0)
-    fake_init_steps: int = cfg_field(300, "toy: steps regressing the fake score onto the teacher", min=0)
-    width: int = cfg_field(128, "toy: MLP width of generator, fake score and discriminator head", min=8)
-    depth: int = cfg_field(3, "toy: MLP hidden layers", min=1)
-    # --- image data / models ---
-    teacher_path: str = cfg_field("", "trained teacher folder or hub id ('' = train/cache it for digits)")
-    teacher_steps: int = cfg_field(1200, "digits: teacher training steps (cached)", min=1)
-    cache_dir: str = cfg_field("runs/cache", "where trained teachers and classifier features are cached")
-    resolution: int = cfg_field(8, "image side in pixels (latent side = resolution / 8 for SD)", min=4)
-    tiny_models: bool = cfg_field(False, "build tiny random diffusers models from config (smoke twins; no download)")
-    real_data: str = cfg_field("", "full scale: image folder or HF dataset name of the GAN real images")
-    prompts: str = cfg_field("", "full scale: text file with one prompt per line")
-    real_guidance: float = cfg_field(1.0, "CFG scale of the teacher (real score); fake score is always 1", min=1.0)
-    gen_timestep: int = cfg_field(999, "SD: conditioning timestep of the 1-step generator", min=0, max=999)
-    # --- noise schedule (EDM/VE for toy, digits, cifar10, imagenet64; VP for SD) ---
-    sigma_min: float = cfg_field(0.002, "EDM grid sigma_min", min=1e-5)
-    sigma_max: float = cfg_field(80.0, "EDM grid sigma_max (80 for images; 20 for the toy)", min=0.1)
-    rho: float = cfg_field(7.0, "Karras grid rho", min=1.0)
-    num_levels: int = cfg_field(1000, "levels of the discrete grid", min=10)
-    sigma_data: float = cfg_field(0.0, "EDM sigma_data; 0 = measured data std (toy) / 0.5 (images)", min=0.0)
-    dm_t_lo: float = cfg_field(0.002, "DM loss: lowest grid fraction (FastGen: 0.2%)", min=0.0, max=1.0)
-    dm_t_hi: float = cfg_field(0.998, "DM loss: highest grid fraction (FastGen: 99.8%)", min=0.0, max=1.0)
-    # --- optimisation ---
-    ttur_ratio: int = cfg_field(5, "iterations per generator update; the critic updates every iteration", min=1)
-    gen_lr: float = cfg_field(1e-4, "generator learning rate", min=0.0)
-    fake_lr: float = cfg_field(1e-4, "fake score + discriminator head learning rate", min=0.0)
-    weight_decay: float = cfg_field(0.01, "AdamW weight decay (paper Table 5)", min=0.0)
-    warmup: int = cfg_field(0, "constant_with_warmup warm-up iterations (FastGen: 0)", min=0)
-    grad_clip: float = cfg_field(10.0, "generator gradient-norm clip (FastGen: 10, generator only)", min=0.0)
-    critic_clip: float = cfg_field(0.0, "critic gradient-norm clip (FastGen: none)", min=0.0)
-    ema_rates: tuple[float, ...] = cfg_field((), "generator EMA rates (FastGen: 0.9999, 0.99995)")
-    gradient_checkpointing: bool = cfg_field(False, "UNet gradient checkpointing (SD presets)")
-    teacher_dtype: str = cfg_field("fp32", "dtype of the frozen teacher", choices=("fp32", "bf16"))
-    # --- evaluation ---
-    eval_every: int = cfg_field(0, "generator steps between validation scores (best checkpoint); 0 = off", min=0)
-    eval_samples: int = cfg_field(4096, "samples per evaluation", min=2)
-    teacher_eval_steps: int = cfg_field(18, "teacher Heun/DDIM sampler steps for the teacher baseline", min=1)
     ratio_check_sigmas: tuple[float, ...] = cfg_field(
         (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0), "toy: noise levels of the discriminator-ratio check"
     )
     ratio_check_kde: int = cfg_field(8192, "toy: generator samples in the KDE of q_sigma for the ratio check", min=16)
-    num_threads: int = cfg_field(0, "torch CPU threads; 0 = torch's default (the toy's MLPs run best on 1)", min=0)
-    benchmark: str = cfg_field("", "name of the results table this run belongs to ('' = from preset)")
+    # --- defaults that differ from the shared config (FastGen's f-distill) ---
+    dm_t_lo: float = cfg_field(0.002, "DM loss: lowest grid fraction (FastGen: 0.2%)", min=0.0, max=1.0)
+    dm_t_hi: float = cfg_field(0.998, "DM loss: highest grid fraction (FastGen: 99.8%)", min=0.0, max=1.0)
+    warmup: int = cfg_field(0, "constant_with_warmup warm-up iterations (FastGen: 0)", min=0)
+    mode_weights: tuple[float, ...] = cfg_field(IMBALANCED, "toy: component weights (normalised); () = equal")
 
     def check(self) -> None:
-        if self.dm_t_lo >= self.dm_t_hi:
-            raise ConfigError(f"dm_t_lo: {self.dm_t_lo} must be below dm_t_hi {self.dm_t_hi}")
+        super().check()
         if self.ratio_min >= self.ratio_max:
             raise ConfigError(f"ratio_min: {self.ratio_min} must be below ratio_max {self.ratio_max}")
-        if self.mode_weights and len(self.mode_weights) != self.num_modes:
-            raise ConfigError(f"mode_weights: {len(self.mode_weights)} weights for num_modes={self.num_modes}")
-        if any(w < 0 for w in self.mode_weights) or (self.mode_weights and sum(self.mode_weights) <= 0):
-            raise ConfigError(f"mode_weights: {self.mode_weights} must be non-negative with a positive sum")
         if self.init_mode >= self.num_modes:
             raise ConfigError(f"init_mode: {self.init_mode} must be below num_modes={self.num_modes} (or -1)")
         if self.task == "toy2d" and self.disc_features == "teacher":
             raise ConfigError("disc_features: the toy's analytic teacher has no features; use 'input' or 'fake'")
         if self.task != "toy2d" and self.disc_features == "input":
             raise ConfigError(f"disc_features: 'input' is a toy2d option; task is {self.task!r}")
-        if self.divergence != "rkl" and self.w_g == 0 and self.disc_features == "fake" and self.w_d == 0:
-            raise ConfigError("w_d: 0 leaves the discriminator untrained, so there is no ratio for h(r)")
+        if self.task == "toy2d" and (self.toy_layout != "ring" or self.num_classes or self.toy_schedule != "edm"):
+            raise ConfigError(
+                "toy_layout / num_classes / toy_schedule: the f-distill toy is the unconditional EDM ring"
+            )
+        if not self.gan:
+            raise ConfigError("gan: f-distill reads the density ratio from the discriminator; it cannot be off")
+        if self.student_steps:
+            raise ConfigError("student_steps: f-distill trains one-step generators (paper §4)")
         if not self.taps:
             raise ConfigError("taps: at least one feature tap is needed for the discriminator")
-        if any(not 0 < r < 1 for r in self.ema_rates):
-            raise ConfigError(f"ema_rates: {self.ema_rates} must lie in (0, 1)")
 
 
 def smoke(cfg: Config, **kw) -> Config:
     """Smoke twin: same code path, tiny models, 3 iterations."""
-    base = dict(steps=3, eval_samples=64, eval_every=0, warmup=0, ttur_ratio=min(cfg.ttur_ratio, 2), tiny_models=True)
+    base = dict(
+        steps=3,
+        eval_samples=64,
+        eval_every=0,
+        warmup=0,
+        ttur_ratio=min(cfg.ttur_ratio, 2),
+        tiny_models=True,
+        teacher_path="",  # tiny random networks: nothing is loaded
+    )
     if cfg.task == "toy2d":
         base.update(global_batch=64, fake_init_steps=2, init_steps=2, teacher_eval_steps=2, ratio_check_kde=64)
     elif cfg.task == "digits":
@@ -179,6 +150,7 @@ DIGITS = Config(
     sigma_data=0.5,
     disc_features="teacher",  # FastGen: frozen-teacher features, trainable head
     w_g=3e-3,
+    teacher_steps=1200,  # the cached digits teacher the other diffusion papers use (batch 128)
     eval_samples=1000,
     log_every=50,
     ckpt_every=250,
@@ -190,7 +162,7 @@ DIGITS = Config(
 # w_G 1e-3, head inputs at 32/16/8, lr 1e-4, wd 1e-2, R1 gamma 1, 60K iterations.
 CIFAR10 = Config(
     preset="cifar10",
-    task="cifar10",
+    task="imagenet64",  # the class-conditional EDM image task (common/diffusion/t2i.py), here at 32 px
     method="kl",
     divergence="kl",  # Table 2: forward KL FID 1.92
     resolution=32,
@@ -202,7 +174,7 @@ CIFAR10 = Config(
     sigma_max=80.0,
     sigma_data=0.5,
     disc_features="teacher",  # FastGen
-    taps=("down0", "down1", "down2"),  # Table 5: discriminator inputs at 32, 16, 8
+    taps=("down0", "down1", "mid"),  # Table 5: heads on three encoder resolutions (logits averaged)
     w_g=1e-3,  # Table 5
     r1_weight=1.0,  # Table 5
     ema_rates=(0.9999, 0.99995),  # FastGen
@@ -223,10 +195,10 @@ IMAGENET64 = dataclasses.replace(
     ratio_ema_rate=0.5,  # FastGen ImageNet-64 config
     resolution=64,
     global_batch=512,  # Table 5
+    taps=("mid",),  # Table 5: (8), the 8x8 bottleneck
     steps=380000,  # Table 5
     gen_lr=2e-6,  # Table 5
     fake_lr=2e-6,
-    taps=("mid",),  # Table 5: (8)
     w_g=3e-3,  # Table 5
     r1_weight=0.0,  # Table 5
     mixed_precision="bf16",

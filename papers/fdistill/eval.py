@@ -127,8 +127,12 @@ def _h_stats(state) -> dict:
 
 def evaluate(cfg, run, S, step, initial, result) -> dict:
     """Evaluate the trained student, the teacher and the initial generator; write records and pictures."""
-    if cfg.task != "toy2d":
-        raise NotImplementedError(f"evaluation of task {cfg.task!r} is not wired yet")
+    if cfg.task != "toy2d":  # digits and full scale: the shared evaluation (FD on classifier features, grids, ...)
+        from common.diffusion.evaluation import evaluate as evaluate_task
+
+        return evaluate_task(
+            cfg, run, S, step.G, result.state, paper="fdistill", train_wall_time_s=result.train_time_s, ema=result.ema
+        )
     t0, dev, n = time.time(), run.device, cfg.eval_samples
     G = step.G
     data = S.extra["data"]

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from common.data.toy2d import ring
-from common.diffusion.denoisers import MLPDenoiser, Prediction, edm_precond_coeffs, freeze
-from common.diffusion.distill import FixedTarget
-from common.diffusion.losses import MLPGANHead
+from common.diffusion.denoisers import CondDenoiser, MLPDenoiser, Prediction, edm_precond_coeffs, freeze
+from common.diffusion.losses import ConvGANHead, MLPGANHead
 from common.diffusion.schedules import EDMSchedule
+from common.diffusion.tasks import Setup, regress_onto_teacher
 from common.diffusion.teachers import AnalyticTeacher
 
 
@@ -92,50 +90,21 @@ class MultiHead(nn.Module):
         return torch.stack([h(feats[k]) for k, h in self.heads.items()]).mean(0)
 
 
-@dataclass
-class Setup:
-    generator: nn.Module
-    teacher: nn.Module
-    fake: nn.Module
-    head: nn.Module
-    features: nn.Module | None  # feature network of the discriminator; None = the fake score's taps
-    schedule: Any
-    sample_real: Any  # (n, generator) -> (x0, cond)
-    sample_cond: Any  # (n, generator) -> cond
-    noise_shape: tuple
-    target: Any = None
-    extra: dict = field(default_factory=dict)
-
-
 def toy_mixture(cfg):
     return ring(k=cfg.num_modes, radius=cfg.radius, std=cfg.mode_std, weights=list(cfg.mode_weights) or None)
 
 
-def _regress_onto_teacher(net, teacher, mixture, schedule, steps, batch, seed):
-    """'Copy of the teacher' for an analytic teacher: regress net(x_t, sigma) onto teacher(x_t, sigma)."""
-    g = torch.Generator().manual_seed(10_000 + seed)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for _ in range(steps):
-        x0 = mixture.sample(batch, g)
-        _, s = schedule.alpha_sigma(schedule.sample_index(batch, generator=g))
-        x_t = x0 + s[:, None] * torch.randn(x0.shape, generator=g)
-        with torch.no_grad():
-            target = teacher(x_t, s).float()
-        loss = ((s**-2 + schedule.sigma_data**-2) * ((net(x_t, s) - target) ** 2).sum(1)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-
-
 def build_toy(cfg) -> Setup:
+    """The f-distill toy: the shared toy set-up (exact teacher, fake score regressed onto it) with the generator
+    fitted to one mode and the discriminator on the noised input."""
     data = toy_mixture(cfg)
     sd = cfg.sigma_data or float(data.sample(65536, torch.Generator().manual_seed(1234)).std(0).mean())
     schedule = EDMSchedule(cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.num_levels, sd)
     teacher = freeze(AnalyticTeacher(data))
     torch.manual_seed(cfg.seed)
     fake = MLPDenoiser(2, cfg.width, cfg.depth, sd)
-    _regress_onto_teacher(fake, teacher, data, schedule, cfg.fake_init_steps, cfg.global_batch, cfg.seed)
+    regress_onto_teacher(fake, teacher, data, schedule, cfg.fake_init_steps, cfg.global_batch, cfg.seed)
+    fake.zero_grad(set_to_none=True)  # no leftover gradient of the fit reaches the first critic step
     generator = copy.deepcopy(fake)
     fit_loss = None
     if cfg.init_mode >= 0:
@@ -150,17 +119,47 @@ def build_toy(cfg) -> Setup:
         teacher,
         fake,
         head,
-        features,
         schedule,
         lambda n, g: (data.sample(n, g), None),
         lambda n, g: None,
         (2,),
-        target=FixedTarget(teacher),
-        extra={"data": data, "init_fit_mse": fit_loss},
+        [schedule.max_index()],
+        extra={"data": data, "init_fit_mse": fit_loss, "gan_features": features},
     )
 
 
-def build(cfg) -> Setup:
+def _groups(channels: int) -> int:
+    return next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+
+
+@torch.no_grad()
+def tap_shapes(net, S, taps) -> dict:
+    """Shapes of the feature maps `net` records at `taps` for one example input."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros((2, *S.noise_shape))
+    t = S.schedule.net_time(torch.full((2,), S.schedule.max_index() // 2))
+    p = net(x, t, S.sample_cond(2, g), taps=taps, pred=True, stop_after_taps=True)
+    return {k: tuple(v.shape[1:]) for k, v in p.features.items()}
+
+
+def discriminator(cfg, S) -> tuple[nn.Module | None, nn.Module]:
+    """(feature network, head) of the discriminator on image tasks: conv heads on the frozen teacher's taps
+    (FastGen) or on the fake score's (DMD2), one per tap, logits averaged (Table 5: several resolutions)."""
+    # the teacher sees the conditional branch of a guided {"cond", "uncond"} conditioning, as the fake score does
+    net = CondDenoiser(S.teacher) if cfg.disc_features == "teacher" else S.fake
+    heads = {}
+    for tap, (c, h, _) in tap_shapes(net, S, cfg.taps).items():
+        heads[tap] = ConvGANHead(c, h, groups=_groups(c))
+    head = next(iter(heads.values())) if len(heads) == 1 else MultiHead(heads)
+    return (net if cfg.disc_features == "teacher" else None), head
+
+
+def build(cfg, progress=None) -> Setup:
+    """toy2d: `build_toy`; digits and the full-scale tasks: the shared builders with f-distill's discriminator."""
     if cfg.task == "toy2d":
         return build_toy(cfg)
-    raise NotImplementedError(f"task {cfg.task!r}: builder not wired yet")
+    from common.diffusion.tasks import build as build_task
+
+    S = build_task(cfg, progress)
+    S.extra["gan_features"], S.head = discriminator(cfg, S)
+    return S

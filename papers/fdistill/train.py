@@ -85,8 +85,10 @@ def make_step(cfg: Config, S) -> DistillStep:
         head=S.head,
         target=S.target,
         schedule=S.schedule,
+        student_steps=S.student_steps,
         dm_range=(cfg.dm_t_lo, cfg.dm_t_hi),
-        gan_features=S.features,
+        fake_loss=S.fake_loss,
+        gan_features=S.extra.get("gan_features"),
         taps=("input",) if cfg.disc_features == "input" else cfg.taps,
         gan_same_noise=True,  # FastGen: the GAN-G term and the ratio on the DM sample x_t
         w_g=cfg.w_g,
@@ -125,8 +127,8 @@ def main(argv=None) -> dict:
         torch.set_num_threads(cfg.num_threads)
     run = start(cfg, paper="fdistill")
     dev = run.device
-    S = build(cfg)
-    for m in (S.generator, S.fake, S.head, S.teacher, S.features):
+    S = build(cfg, progress=run.progress)
+    for m in (S.generator, S.fake, S.head, S.teacher, S.extra.get("gan_features")):
         if m is not None:
             m.to(dev)
     initial = copy.deepcopy(S.generator).requires_grad_(False)  # the (skewed) start, evaluated at the end
@@ -140,6 +142,9 @@ def main(argv=None) -> dict:
         )
 
     from papers.fdistill.eval import evaluate, quick_score
+
+    if cfg.task != "toy2d":
+        from common.diffusion.evaluation import quick_score
 
     result = train_loop(
         run,
