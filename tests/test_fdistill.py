@@ -158,7 +158,6 @@ def _toy_setup(**kw):
 
 
 def _gen_grads(cfg, S, weight_fn):
-    from common.diffusion.trainer import Batch  # noqa: F401  (the loop's batch type; the step is called directly)
     from papers.fdistill.train import make_step
 
     step = make_step(cfg, S)

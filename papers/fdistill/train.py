@@ -30,7 +30,8 @@ import torch
 from common.config import parse_cli
 from common.diffusion.distill import DistillStep, Noised
 from common.diffusion.losses import approx_r1
-from common.diffusion.trainer import Batch, OptimSettings, train_loop
+from common.diffusion.tasks import draw_batches, optim_settings
+from common.diffusion.trainer import train_loop
 from common.launch import start
 from papers.fdistill.config import PRESETS, Config
 from papers.fdistill.losses import FWeighting
@@ -107,20 +108,6 @@ def make_step(cfg: Config, S) -> DistillStep:
     return step
 
 
-def optim_settings(cfg: Config) -> OptimSettings:
-    """Paper Table 5: Adam(W), wd 1e-2; FastGen: betas (0.9, 0.999), eps 1e-8, no warm-up, clip 10 on G only."""
-    return OptimSettings(
-        gen_lr=cfg.gen_lr,
-        critic_lr=cfg.fake_lr,
-        weight_decay=cfg.weight_decay,
-        warmup=cfg.warmup,
-        gen_clip=cfg.grad_clip,
-        critic_clip=cfg.critic_clip,
-        ttur_ratio=cfg.ttur_ratio,
-        ema_rates=cfg.ema_rates,
-    )
-
-
 def main(argv=None) -> dict:
     cfg = parse_cli(Config, PRESETS, argv, description=__doc__)
     if cfg.num_threads:
@@ -135,12 +122,6 @@ def main(argv=None) -> dict:
     S.extra["initial_head"] = copy.deepcopy(S.head).requires_grad_(False)  # control of the ratio check
     step = make_step(cfg, S)
 
-    def draw(n, g):
-        real, real_cond = S.sample_real(n, g)
-        return Batch(
-            S.sample_cond(n, g), real.to(dev), real_cond, torch.randn((n, *S.noise_shape), generator=g).to(dev)
-        )
-
     from papers.fdistill.eval import evaluate, quick_score
 
     if cfg.task != "toy2d":
@@ -149,8 +130,8 @@ def main(argv=None) -> dict:
     result = train_loop(
         run,
         step,
-        draw,
-        optim_settings(cfg),
+        draw_batches(S, dev),
+        optim_settings(cfg, critic_clip=cfg.critic_clip),  # FastGen: clip 10 on the generator only, AdamW wd 1e-2
         steps=cfg.steps,
         ckpt_every=cfg.ckpt_every,
         keep_ckpts=cfg.keep_ckpts,
