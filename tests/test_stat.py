@@ -330,7 +330,9 @@ def test_math_smoke_lora_adapter_and_merge(tmp_path):
         ]
     )
     rec = json.loads((tmp_path / "raw/stat/math-smoke/stat_syn-seed0.json").read_text())
-    assert set(rec["metrics"]) == {"acc/math500", "acc/gsm8k"} and rec["extra"]["train_set"]["kept_questions"] > 0
+    assert set(rec["metrics"]) == {"acc/math500", "acc/gsm8k", "pass@3/amc23", "avg@3/amc23"}
+    assert rec["metrics"]["pass@3/amc23"] >= rec["metrics"]["avg@3/amc23"]  # k samples at T = 1 on AMC23
+    assert rec["extra"]["train_set"]["kept_questions"] > 0 and "oracle" in rec["protocol"]["teacher"]
     run = tmp_path / "runs/stat/math-smoke/stat_syn-seed0"
     assert len((run / "train_set.jsonl").read_text().splitlines()) == 12  # math_budget of the smoke twin
     merge(str(run / "adapter"), str(tmp_path / "merged"))
@@ -394,3 +396,330 @@ def test_arith_long_smoke_shares_one_base_across_seeds(tmp_path):
     assert (v5k / "base-seed0/profile.json").exists() and not (v5k / "base-seed0/student").exists()
     rec = json.loads((tmp_path / "raw/stat/arith-long-v5k-smoke/stat_sel-seed0.json").read_text())
     assert rec["extra"]["train_set"]["before_budget"] > 0
+
+
+# --------------------------------------------------------------------------------------------- teacher client (loopback)
+
+
+class _ScriptedAPI(BaseHTTPRequestHandler):
+    """A local OpenAI-compatible server that plays a script: each request pops the next behaviour."""
+
+    script: list = []
+    responder = None  # optional (prompt, request number) -> behaviour, instead of the script
+    seen: list = []
+    in_flight = 0
+    max_in_flight = 0
+    lock = threading.Lock()
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        import time
+
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        cls = type(self)
+        with cls.lock:
+            cls.seen.append(body)
+            if cls.responder is not None:
+                step = cls.responder(body["messages"][-1]["content"], len(cls.seen))
+            else:
+                step = cls.script.pop(0) if cls.script else ("ok", "<skill>mod</skill>")
+            cls.in_flight += 1
+            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
+        try:
+            kind = step[0]
+            if kind == "slow":
+                time.sleep(step[1])
+                step = ("ok", step[2])
+                kind = "ok"
+            if kind in ("429", "500", "400", "401"):
+                data = b'{"error": {"message": "scripted"}}'
+                self.send_response(int(kind))
+                if kind == "429" and len(step) > 1:
+                    self.send_header("Retry-After", str(step[1]))
+            else:
+                content = {"ok": step[1] if len(step) > 1 else "x", "null": None, "length": "<skill>mo"}[kind]
+                finish = "length" if kind == "length" else "stop"
+                msg = {"role": "assistant", "content": content}
+                data = json.dumps(
+                    {
+                        "choices": [{"message": msg, "finish_reason": finish}],
+                        "usage": {"prompt_tokens": 100, "completion_tokens": 20},
+                    }
+                ).encode()
+                self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+            pass
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def scripted_server():
+    from http.server import ThreadingHTTPServer
+
+    _ScriptedAPI.script, _ScriptedAPI.seen, _ScriptedAPI.responder = [], [], None
+    _ScriptedAPI.in_flight = _ScriptedAPI.max_in_flight = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedAPI)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def _client(url, sleeps, **kw):
+    from papers.stat.teacher import Usage
+
+    return OpenAIChat(url, api_key="k", backoff=0.01, usage=Usage(kw.pop("log", None)), sleep=sleeps.append, **kw)
+
+
+def test_client_retries_429_and_500_honouring_retry_after_loopback(scripted_server, tmp_path):
+    _ScriptedAPI.script = [("429", 7), ("500",), ("ok", "fine")]
+    sleeps = []
+    client = _client(scripted_server, sleeps, log=tmp_path / "usage.jsonl")
+    reply = client.chat([{"role": "user", "content": "q"}], model="gpt-4o-mini")
+    assert reply.text == "fine" and reply.complete and len(_ScriptedAPI.seen) == 3
+    assert sleeps[0] == 7 and 0 < sleeps[1] < 1  # Retry-After honoured, then exponential back-off
+    usage = client.usage.summary()
+    assert usage["calls"] == 1 and usage["retries"] == 2 and usage["prompt_tokens"] == 100
+    assert usage["cost_usd"] == pytest.approx((100 * 0.15 + 20 * 0.60) / 1e6)
+    row = json.loads((tmp_path / "usage.jsonl").read_text().splitlines()[0])
+    assert row["attempts"] == 3 and row["completion_tokens"] == 20
+
+
+def test_client_does_not_retry_other_4xx_and_gives_up_after_max_retries_loopback(scripted_server):
+    from papers.stat.teacher import TeacherAPIError
+
+    for code in ("400", "401"):
+        _ScriptedAPI.script, _ScriptedAPI.seen = [(code,)], []
+        with pytest.raises(TeacherAPIError) as e:
+            _client(scripted_server, []).chat([{"role": "user", "content": "q"}], model="m")
+        assert e.value.status == int(code) and len(_ScriptedAPI.seen) == 1
+    _ScriptedAPI.script, _ScriptedAPI.seen = [("500",)] * 5, []
+    sleeps = []
+    with pytest.raises(TeacherAPIError, match="after 3 attempts"):
+        _client(scripted_server, sleeps, max_retries=2).chat([{"role": "user", "content": "q"}], model="m")
+    assert len(_ScriptedAPI.seen) == 3 and len(sleeps) == 2
+
+
+def test_client_slow_response_times_out_then_retries_loopback(scripted_server):
+    _ScriptedAPI.script = [("slow", 1.5, "late"), ("ok", "on time")]
+    reply = _client(scripted_server, [], timeout=0.3).chat([{"role": "user", "content": "q"}], model="m")
+    assert reply.text == "on time" and len(_ScriptedAPI.seen) == 2
+
+
+def test_null_content_and_truncation_are_never_cached_loopback(scripted_server, tmp_path):
+    cache = CallCache(tmp_path / "cache.jsonl")
+    t = LLMTeacher(_client(scripted_server, []), {"arithmetic": list(SKILLS)}, model="m", cache=cache)
+    _ScriptedAPI.script = [("null",), ("length",), ("ok", "<skill>mod</skill>")]
+    assert t.label_skills("52%5?", "arithmetic") == []  # content null: no answer, not cached
+    assert len(cache) == 0 and t.stats["null_content"] == 1
+    assert t.label_skills("52%5?", "arithmetic") == []  # cut at max_tokens: not cached either
+    assert len(cache) == 0 and t.stats["truncated"] == 1
+    assert t.label_skills("52%5?", "arithmetic") == ["mod"]
+    assert t.label_skills("52%5?", "arithmetic") == ["mod"] and t.stats["cache_hits"] == 1
+    assert len(_ScriptedAPI.seen) == 3 and len(CallCache(tmp_path / "cache.jsonl")) == 1
+
+
+def test_cache_survives_a_torn_last_line(tmp_path):
+    path = tmp_path / "cache.jsonl"
+    c = CallCache(path)
+    c.put("a", "1")
+    c.put("b", "2")
+    with open(path, "a") as f:
+        f.write('{"key": "c", "respo')  # the process died mid-write
+    c2 = CallCache(path)
+    assert c2.get("a") == "1" and c2.get("b") == "2" and c2.skipped_lines == 1
+    c2.put("d", "4")
+    c3 = CallCache(path)
+    assert [c3.get(k) for k in "abd"] == ["1", "2", "4"] and c3.get("c") is None
+
+
+def test_profile_runs_concurrent_requests_in_order_loopback(scripted_server, tmp_path):
+    n = 8
+    _ScriptedAPI.script = [("slow", 0.3, f"<judge>incorrect</judge><skill>{SKILLS[i % 4]}</skill>") for i in range(n)]
+    t = LLMTeacher(_client(scripted_server, []), {"arithmetic": list(SKILLS)}, model="m", concurrency=4)
+    items = [(f"{10 + i}+1?", "x", "arithmetic") for i in range(n)]
+    per_q, profile = missing_skill_profile(items, t)
+    assert 2 <= _ScriptedAPI.max_in_flight <= 4
+    assert [q for q, _ in per_q] == [q for q, _, _ in items]  # order kept
+    assert sum(profile.values()) == n
+
+
+def test_arith_stat_syn_with_llm_teacher_survives_foreign_characters_loopback(scripted_server, tmp_path):
+    """An LLM teacher writes text the character-level student cannot read: it is dropped, nothing crashes."""
+    from papers.stat.train import main
+
+    def reply(prompt, i):
+        if "strengthen" in prompt:
+            return ("ok", "<judge>incorrect</judge><reason>r</reason><skill>sub-borrow</skill>")
+        if "NEW problem" in prompt:
+            if i % 2:
+                return ("ok", "<question>What is 52 − 17 % 5? Δ</question>")  # not a chain at all
+            return ("ok", f"<question>{52 + i % 40}-17?</question>")
+        q = prompt.split("Problem: ")[1].split("?")[0] + "?"
+        p = parse_question(q)
+        if i % 2:
+            return ("ok", f"The answer is $\\boxed{{{p.answer}}}$ ✓")  # foreign characters
+        return ("ok", p.solution)
+
+    _ScriptedAPI.responder = reply
+    args = ["--preset", "arith-smoke", "--set", f"out_dir={tmp_path}/runs", f"results_dir={tmp_path}/raw"]
+    main(args + ["method=stat_syn", "teacher=openai", f"teacher_url={scripted_server}", "syn_max_passes=1"])
+    rec = json.loads((tmp_path / "raw/stat/arith-smoke/stat_syn-seed0.json").read_text())
+    assert rec["extra"]["train_set"].get("rejected_format", 0) > 0
+    assert (tmp_path / "runs/stat/teacher_cache.jsonl").exists()  # one shared cache under out_dir
+
+
+def test_hf_chat_with_a_tiny_random_chat_model(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from papers.stat.fullscale import tiny_tokenizer
+    from papers.stat.teacher import HFChat
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    chat = HFChat(str(tmp_path / "m"))
+    reply = chat.chat([{"role": "user", "content": "Solve 1+1."}], max_tokens=6)
+    assert isinstance(reply.text, str) and reply.completion_tokens <= 6 and reply.prompt_tokens > 5
+    assert reply.finish_reason in ("stop", "length") and chat.model.dtype == torch.float32  # CPU: fp32
+    assert chat.usage.summary()["calls"] == 1
+
+
+# --------------------------------------------------------------------------------------------- arith-rare design
+
+
+def test_hash_reservation_keeps_evaluation_out_of_every_training_path():
+    from dataclasses import replace
+
+    from papers.stat.arith import Reserve, is_reserved
+    from papers.stat.config import PRESETS
+    from papers.stat.eval import make_eval_sets, task_of
+    from papers.stat.train import build_train_set, make_pool
+
+    cfg = replace(PRESETS["arith-rare-smoke"], pool_size=3000, budget=400)
+    task = task_of(cfg)
+    sets = make_eval_sets(cfg, 0)
+    assert sets.questions() and all(is_reserved(q, cfg.reserve_frac) for q in sets.questions())
+    rng = random.Random(0)
+    gen = task.train_generator(cfg.max_value)
+    assert not any(is_reserved(gen.sample(rng).question, cfg.reserve_frac) for _ in range(5000))
+    assert not any(is_reserved(p.question, cfg.reserve_frac) for p in make_pool(cfg, sets, 0))
+    # a tiny question space: the generator must skip the reserved chains, not emit them
+    tiny = Generator({"add-no-carry": 1.0}, n_ops=(1,), exclude=Reserve(0.5), max_value=20, exact=True)
+    drawn = {tiny.sample(rng).question for _ in range(2000)}
+    assert drawn and not any(is_reserved(q, 0.5) for q in drawn)
+    assert any(is_reserved(f"{a}+{b}?", 0.5) for a in range(2, 20) for b in range(1, 20 - a))
+    per_q = [(p.question, [s]) for p in sets.val[:20] for s in task.rare[:1]]
+
+    class _Run:
+        is_main = False
+
+    prof = {"per_question": per_q, "profile": {task.rare[0]: len(per_q)}, "difficult_questions": []}
+    for method in ("sft", "uniform", "stat_sel", "stat_sel_shuffled", "stat_syn"):
+        items, info = build_train_set(replace(cfg, method=method), prof, make_pool(cfg, sets, 0), sets, _Run())
+        assert len(items) == cfg.budget and info["eval_questions_in_train_set"] == 0
+        assert not any(is_reserved(q, cfg.reserve_frac) for q, _ in items)
+
+
+def test_calibrated_rarity_and_shuffled_profile():
+    from papers.stat.arith import calibrate_weights
+    from papers.stat.train import shuffled_skills
+
+    active = ("add-no-carry", "add-carry", "sub-no-borrow", "sub-borrow", "mul-1digit", "div-exact", "max")
+    _, shares = calibrate_weights(active, {"sub-borrow": 0.01, "div-exact": 0.01}, n=8000, iters=3)
+    assert 0.006 < shares["sub-borrow"] < 0.015 and 0.006 < shares["div-exact"] < 0.015
+    assert shares["mod"] == 0 and shares["add-no-carry"] > 0.1
+    perm = shuffled_skills(active, {"sub-borrow", "add-carry"}, random.Random(0))
+    assert sorted(perm.values()) == sorted(active)
+    assert perm["sub-borrow"] != "sub-borrow" and perm["add-carry"] != "add-carry"
+
+
+def test_stat_syn_dedupes_identical_solutions():
+    t = OracleTeacher(label_noise=0.0, error_rate=0.0, seed=0)
+    pool = [p.question for p in Generator().sample_many(200, random.Random(0))]
+    skill_map = build_skill_map(pool, lambda q: sorted(set(parse_question(q).skills)))
+    per_q = [("1+2?", ["mod"])] * 5
+    kept, stats = stat_syn(per_q, skill_map, pool, t, random.Random(0), dedupe=True, target_unique=12)
+    assert len(kept) == len({q for q, _ in kept}) == stats["kept_questions"] >= 12  # one pair per question
+
+
+def test_paired_statistics():
+    from papers.stat.experiment import mdd, paired_bootstrap, paired_t_interval
+
+    m, lo, hi = paired_t_interval([1.0, 2.0, 3.0, 2.0, 2.0])
+    assert (
+        m == 2.0
+        and lo < 2.0 < hi
+        and hi - lo == pytest.approx(2 * 2.776 * np.std([1, 2, 3, 2, 2], ddof=1) / 5**0.5, rel=1e-3)
+    )
+    rng = np.random.default_rng(0)
+    a = [rng.random(2000) < 0.6 for _ in range(3)]
+    b = [rng.random(2000) < 0.5 for _ in range(3)]
+    point, blo, bhi = paired_bootstrap(list(zip(a, b)), n_boot=500)
+    assert blo < point < bhi and blo > 5 and bhi < 15  # ~10 points, resolved
+    same = paired_bootstrap([(x, x) for x in a], n_boot=200)
+    assert same == (0.0, 0.0, 0.0)
+    assert 0.5 < mdd(0.9, 5000, 5) < 1.0
+
+
+def test_arith_rare_smoke_stages_gates_block_then_grid_claim_summary(tmp_path, monkeypatch):
+    """The redesigned experiment through its stages on the smoke twin: failed gates block the claim; with gates
+    recorded as passed, the grid picks an LR per method, seed 0 comes from its grid run, the summary has endpoints."""
+    from papers.stat import experiment as ex
+
+    common = ["--preset", "arith-rare-smoke", "--results-dir", f"{tmp_path}/raw", "--out-dir", f"{tmp_path}/runs"]
+    common += ["--claim-seeds", "0", "1"]
+    ex.main(["bases", "--seeds", "0", "1", *common])
+    ex.main(["gates", *common])
+    raw = tmp_path / "raw/stat/arith-rare-smoke"
+    room = json.loads((raw / "gate:room-seed0.json").read_text())
+    assert room["metrics"]["passed"] == 0.0  # a 3-step base has no common skill at 95%
+    assert json.loads((raw / "gate:reservation-seed0.json").read_text())["metrics"]["passed"] == 1.0
+    with pytest.raises(SystemExit, match="learnability|untestable"):
+        ex.main(["grid", "--methods", "sft", *common])
+    for path in raw.glob("gate:*.json"):  # pretend every gate passed, to exercise the rest of the path
+        r = json.loads(path.read_text())
+        r["metrics"]["passed"] = 1.0
+        path.write_text(json.dumps(r))
+    for name in ("learnability", "saturation"):
+        for s in (0, 1, 99):
+            src = raw / "gate:room-seed0.json"
+            r = json.loads(src.read_text())
+            r["method"], r["seed"] = f"gate:{name}", s
+            (raw / f"gate:{name}-seed{s}.json").write_text(json.dumps(r))
+    methods = ["--methods", "sft", "stat_sel", "stat_sel_shuffled"]
+    ex.main(["grid", *methods, "--lrs", "0.001", "0.003", *common])
+    grid = sorted(p.name for p in (tmp_path / "raw/stat/arith-rare-smoke-lrgrid").glob("*.json"))
+    assert len(grid) == 6 and all("@lr=" in g for g in grid)
+    monkeypatch.setattr(ex, "LR_GRID", (1e-3, 3e-3))
+    ex.main(["claim", *methods, "--seeds", "0", "1", *common])
+    rec0 = json.loads((raw / "stat_sel-seed0.json").read_text())
+    assert rec0["extra"]["from_lr_grid_run"] and "acc_test" in rec0["metrics"]
+    rec1 = json.loads((raw / "stat_sel_shuffled-seed1.json").read_text())
+    assert rec1["extra"]["train_set"]["eval_questions_in_train_set"] == 0 and rec1["extra"]["train_set"]["permutation"]
+    ex.main(["summary", *methods, *common])
+    text = (tmp_path / "runs/stat/arith-rare-smoke/claims_summary.md").read_text()
+    assert "stat_sel − sft (E1/E2) | profiled" in text and "unique questions" in text

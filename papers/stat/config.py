@@ -8,7 +8,13 @@ that runs the same code path in seconds on tiny random models.
 Methods (``method``): ``base`` (no extra training: the saturated student), ``sft`` (continued plain SFT on fresh
 samples of the natural distribution; the paper's MATH-Train / MATH-Augment baseline), ``hard`` (longest chains
 only; MATH-Hard), ``embed_sel`` (nearest neighbours of the difficult validation questions; Embed-Sel),
-``stat_sel`` and ``stat_syn``. All except ``base`` train on exactly ``budget`` QA pairs.
+``stat_sel`` and ``stat_syn``; two controls: ``stat_sel_shuffled`` (STAT-Sel with the profile permuted across
+skills: does the diagnosis matter?) and ``uniform`` (fresh chains with every skill equally frequent: an upper bound
+that knows which skills the natural distribution starves). All except ``base`` train on exactly ``budget`` QA pairs.
+
+``arith-rare`` is the claim preset: the rare skills are calibrated to a measured share of training steps, evaluation
+questions are reserved by a hash of the question, one base per seed (see claims.py for the pilot, the gates, the
+learning-rate grid and the endpoints).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass, replace
 
 from common.config import BaseConfig, ConfigError, cfg_field
 
-METHODS = ("base", "sft", "hard", "embed_sel", "stat_sel", "stat_syn")
+METHODS = ("base", "sft", "hard", "embed_sel", "stat_sel", "stat_syn", "stat_sel_shuffled", "uniform")
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,26 @@ class Config(BaseConfig):
 
     # --- embedded benchmark (task=arith) ---
     max_value: int = cfg_field(99, "largest intermediate value of a chain", min=20)
+    skill_mix: str = cfg_field(
+        "legacy",
+        "natural distribution: legacy (fixed weights, rare = sub-borrow, mul-2digit, mod), calibrated (active skills "
+        "equal, each rare skill at rare_share of measured steps) or uniform (every active skill equal; the pilot)",
+        choices=("legacy", "calibrated", "uniform"),
+    )
+    skills_off: str = cfg_field("", "comma-separated skills never generated (calibrated / uniform mixes)")
+    rare_skills: str = cfg_field("", "comma-separated rare skills of the calibrated mix")
+    rare_share: float = cfg_field(0.004, "measured share of training steps of each rare skill", min=0.0, max=1.0)
+    rare_shares: str = cfg_field("", "per-skill overrides of rare_share, e.g. 'sub-borrow=0.004,add-carry=0.002'")
+    n_ops: str = cfg_field("2,3,4", "chain lengths (operations) of the natural distribution")
+    ood_ops: int = cfg_field(5, "chain length of the out-of-distribution test set", min=1)
+    reserve_frac: float = cfg_field(
+        0.0,
+        "share of the question space reserved for evaluation by a hash of the question; 0 = exclude by string",
+        min=0.0,
+        max=0.5,
+    )
+    select_size: int = cfg_field(0, "validation questions for choosing the fine-tuning LR (0 = none)", min=0)
+    skill_curve_size: int = cfg_field(0, "per-skill questions checked at every base eval point (0 = off)", min=0)
     pool_size: int = cfg_field(20000, "size of the training pool P that STAT-Sel / Embed-Sel select from", min=10)
     val_size: int = cfg_field(1000, "validation questions the profile is built on (the paper's Q_val: 1K)", min=4)
     test_size: int = cfg_field(1000, "held-out natural-distribution test questions (P-test)", min=4)
@@ -79,12 +105,17 @@ class Config(BaseConfig):
     syn_target_unique: int = cfg_field(
         0, "STAT-Syn: extra passes until this many unique questions are kept; 0 = one pass", min=0
     )
+    syn_dedupe: bool = cfg_field(False, "STAT-Syn: keep each distinct agreeing solution once (no identical copies)")
+    syn_max_passes: int = cfg_field(10, "STAT-Syn: most passes over the (question, skill) pairs", min=1)
     embed_k: int = cfg_field(5, "Embed-Sel: nearest training questions per difficult question (paper: 5)", min=1)
 
     # --- Stage 4: fine-tuning at an equal budget ---
     budget: int = cfg_field(4000, "QA pairs every method trains on (paper: 9.5K)", min=1)
     ft_epochs: int = cfg_field(2, "epochs over the budget (paper: 3)", min=1)
     ft_lr: float = cfg_field(5e-4, "fine-tuning learning rate, identical for every method", min=0.0)
+    lr_grid: bool = cfg_field(
+        False, "a learning-rate grid run: record <preset>-lrgrid / <method>@lr=<ft_lr>, run folder <preset>/lrgrid/"
+    )
 
     # --- full scale (task=math) ---
     model_name: str = cfg_field("meta-llama/Llama-3.2-3B-Instruct", "student (Hub id or local folder)")
@@ -100,14 +131,30 @@ class Config(BaseConfig):
     teacher_model: str = cfg_field("gpt-4o-mini", "teacher for skill labels and profiles (Section 3)")
     synthesis_model: str = cfg_field("gpt-4o", "teacher for question synthesis (Alg. 1 names GPT-4o)")
     teacher_url: str = cfg_field("https://api.openai.com/v1", "OpenAI-compatible endpoint of the teacher")
-    teacher_cache: str = cfg_field("", "JSON-lines cache of teacher calls; '' = <run folder>/teacher_cache.jsonl")
+    teacher_cache: str = cfg_field(
+        "",
+        "JSON-lines cache of teacher calls, shared by every method and seed; '' = <out_dir>/stat/teacher_cache.jsonl",
+    )
+    teacher_concurrency: int = cfg_field(8, "teacher requests in flight at once (API rate limits)", min=1)
+    teacher_max_retries: int = cfg_field(6, "retries of a teacher request on 429 / 5xx / network errors", min=0)
     lora_r: int = cfg_field(16, "LoRA rank (paper: 16)", min=1)
     lora_alpha: int = cfg_field(32, "LoRA alpha (paper: 32)", min=1)
     lora_dropout: float = cfg_field(0.05, "LoRA dropout (paper: 0.05)", min=0.0, max=1.0)
     load_in_4bit: bool = cfg_field(False, "QLoRA: 4-bit NF4 base weights (needs bitsandbytes on a GPU)")
+    optim: str = cfg_field(
+        "adamw",
+        "optimizer: adamw, or paged_adamw_8bit (QLoRA, App. B; needs bitsandbytes)",
+        choices=("adamw", "paged_adamw_8bit"),
+    )
     max_seq_len: int = cfg_field(2048, "maximum tokens of question + answer (not stated in the paper)", min=16)
     max_new_tokens: int = cfg_field(1024, "generation length for evaluation and profiling", min=1)
     temperature: float = cfg_field(0.1, "decoding temperature for pass@1 (paper: 0.1)", min=0.0)
+    k_samples: int = cfg_field(64, "samples per question on AIME / AMC (paper: avg@64 and pass@64)", min=1)
+    k_temperature: float = cfg_field(1.0, "decoding temperature of those samples (paper: 1.0)", min=0.0)
+    k_sets: str = cfg_field("aime24,aime25,amc23", "evaluation sets scored by pass@k / avg@k instead of pass@1")
+    lr_grid_values: str = cfg_field(
+        "5e-4,2e-4,1e-4,8e-5,2e-5", "the sweep driver's per-method LR grid (App. B: best of these per method)"
+    )
     math_budget: int = cfg_field(9500, "QA pairs every full-scale method trains on (paper: 9.5K)", min=1)
 
     def check(self) -> None:
@@ -117,6 +164,14 @@ class Config(BaseConfig):
             raise ConfigError(f"tau2: {self.tau2} should not exceed tau1 {self.tau1} (paper: 0.7 <= 0.85)")
         if self.student_dim % self.student_heads:
             raise ConfigError(f"student_heads: {self.student_heads} does not divide student_dim {self.student_dim}")
+        from papers.stat.arith import SKILLS
+
+        for name in ("skills_off", "rare_skills"):
+            bad = [x for x in getattr(self, name).split(",") if x and x not in SKILLS]
+            if bad:
+                raise ConfigError(f"{name}: unknown skill(s) {bad}; choose from {list(SKILLS)}")
+        if self.skill_mix == "calibrated" and not self.rare_skills:
+            raise ConfigError("rare_skills: the calibrated mix needs at least one rare skill")
         if self.task == "math" and self.teacher == "oracle" and not self.tiny_random:
             raise ConfigError("teacher: the oracle teacher only knows the arithmetic chains; use openai or hf for MATH")
 
@@ -146,10 +201,51 @@ ARITH_LONG = replace(
 # enough unique questions for the budget instead of repeating ~100 of them.
 ARITH_LONG_V5K = replace(ARITH_LONG, preset="arith-long-v5k", val_size=5000, base_preset="arith-long")
 
+# The redesigned claim (see claims.py): 2-3-step chains without mod (not learnable by this student) and mul-2digit
+# (feasible only for values <= 9); three rare skills at a calibrated share of measured training steps; a smaller
+# 2 x 64 student so that a pilot, five independent bases, a learning-rate grid and the controls fit ~30 CPU-minutes.
+ARITH_RARE = replace(
+    ARITH,
+    preset="arith-rare",
+    skill_mix="calibrated",
+    skills_off="mod,mul-2digit",
+    rare_skills="sub-borrow,add-carry,div-exact",
+    rare_share=0.008,
+    n_ops="2,3",
+    ood_ops=4,
+    reserve_frac=0.1,
+    student_layers=2,
+    student_dim=64,
+    context=48,
+    steps=2400,
+    global_batch=32,
+    lr=2e-3,
+    eval_every=600,
+    ckpt_every=600,
+    skill_curve_size=100,
+    pool_size=100000,
+    val_size=5000,  # profiling set
+    select_size=2000,  # LR selection
+    test_size=5000,
+    skill_test_size=500,
+    ood_size=500,
+    budget=3000,
+    ft_epochs=2,
+    m=10,
+    syn_dedupe=True,
+    syn_target_unique=1500,
+    syn_max_passes=40,
+    ft_lr=1e-3,  # replaced by the grid choice at seed 0 (claims.py)
+)
+# The learnability pilot: every active skill equally frequent, same student and schedule.
+ARITH_RARE_PILOT = replace(ARITH_RARE, preset="arith-rare-pilot", skill_mix="uniform")
+
 MATH = Config(
     preset="math",
     task="math",
     teacher="openai",
+    load_in_4bit=True,  # App. B: QLoRA, 4-bit NF4 base weights
+    optim="paged_adamw_8bit",  # App. B: paged AdamW 8-bit
     model_name="meta-llama/Llama-3.2-3B-Instruct",  # Table 3
     global_batch=8,  # App. B: per-device 2 x gradient accumulation 4
     per_device_batch=2,
@@ -184,6 +280,11 @@ def smoke(cfg: Config) -> Config:
             student_heads=2,
             budget=48,
             ft_epochs=1,
+            select_size=min(cfg.select_size, 20),
+            skill_curve_size=min(cfg.skill_curve_size, 4),
+            syn_target_unique=min(cfg.syn_target_unique, 16),
+            syn_max_passes=min(cfg.syn_max_passes, 5),
+            context=min(cfg.context, 64),
             eval_every=2,
             ckpt_every=2,
             log_every=1,
@@ -201,7 +302,10 @@ def smoke(cfg: Config) -> Config:
         ft_epochs=1,
         global_batch=4,
         per_device_batch=2,
-        eval_sets="math500,gsm8k",
+        eval_sets="math500,gsm8k,amc23",
+        k_samples=3,
+        load_in_4bit=False,
+        optim="adamw",
         eval_limit=4,
         max_new_tokens=8,
         max_seq_len=96,
@@ -218,6 +322,10 @@ PRESETS: dict[str, Config] = {
     "arith-long-smoke": smoke(ARITH_LONG),
     "arith-long-v5k": ARITH_LONG_V5K,
     "arith-long-v5k-smoke": smoke(ARITH_LONG_V5K),
+    "arith-rare": ARITH_RARE,
+    "arith-rare-smoke": smoke(ARITH_RARE),
+    "arith-rare-pilot": ARITH_RARE_PILOT,
+    "arith-rare-pilot-smoke": smoke(ARITH_RARE_PILOT),
     "math": MATH,
     "math-smoke": smoke(MATH),
 }

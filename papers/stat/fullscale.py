@@ -13,8 +13,14 @@ val/test split, Skill-Map, profile and training set are saved there as JSON arte
 The smoke twin replaces MATH by arithmetic chains phrased as MATH-style text (subject "Prealgebra"), the models by
 tiny random Llamas with a character tokenizer, and the teacher by the oracle; everything else is the same code.
 
-Left out: QLoRA's paged 8-bit AdamW (plain AdamW here; ``load_in_4bit`` gives NF4 weights when bitsandbytes is
-installed), group-by-length batching, MATH² and MATH-Perturb (Hub ids unconfirmed), GRPO, pass@64 / avg@64.
+QLoRA is the default (App. B): NF4 4-bit base weights and paged 8-bit AdamW, both from bitsandbytes (a CUDA
+install; the smoke twin uses plain AdamW on fp32). AIME24 / AIME25 / AMC23 are scored as pass@64 and avg@64 at
+T = 1.0 (``k_sets``); AMC23 is the 40 AMC 2023 problems of ``AI-MO/aimo-validation-amc``; the profiling split Q_val
+excludes every MATH-500 problem. Fine-tuning resumes from ``<run>/checkpoints`` (adapter weights only).
+``python -m papers.stat.fullscale sweep --methods stat_sel sft`` runs the per-method LR grid (``lr_grid_values``).
+
+Left out: group-by-length batching, MATH² and MATH-Perturb (Hub ids unconfirmed), GRPO, MATH^D (needs the PRM over
+the 4K test answers of each base), math-verify (answers are checked by ``mathtext.is_equiv``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -40,6 +47,7 @@ from papers.stat.pipeline import (
     stat_sel,
     stat_syn,
 )
+from papers.stat.sft import epoch_order, main_process_only, sft_loop
 from papers.stat.skills import SKILLS_BY_SUBJECT
 
 PAPER = "stat"
@@ -57,8 +65,11 @@ EVAL_SETS = {  # name -> (hub id, config, split, question field, answer field); 
     "gsm8k": ("openai/gsm8k", "main", "test", "question", "answer"),
     "aime24": ("HuggingFaceH4/aime_2024", None, "train", "problem", "answer"),
     "aime25": ("math-ai/aime25", None, "test", "problem", "answer"),
+    # AMC 2022 + 2023 (83 problems); only the 40 AMC 2023 problems (url contains "2023") are AMC23
     "amc23": ("AI-MO/aimo-validation-amc", None, "train", "problem", "answer"),
 }
+EVAL_FILTERS = {"amc23": lambda r: "2023" in str(r.get("url", ""))}
+EXPECTED_SIZES = {"math500": 500, "gsm8k": 1319, "aime24": 30, "aime25": 30, "amc23": 40}
 SYSTEM_PROMPT = "Solve the problem step by step and put the final answer in \\boxed{}."
 
 
@@ -121,8 +132,10 @@ def load_causal_lm(cfg, name: str, trainable: bool):
 
 def add_lora(cfg, model):
     """LoRA on attention + MLP projections (App. B: r 16, alpha 32, dropout 0.05)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    if cfg.load_in_4bit:
+        model = prepare_model_for_kbit_training(model)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     return get_peft_model(
         model,
@@ -146,8 +159,11 @@ def chat_ids(tok, question: str, answer: str | None = None):
 
 
 @torch.no_grad()
-def generate(cfg, model, tok, questions: list[str], device, batch_size: int = 8) -> list[str]:
-    """0-shot answers; temperature cfg.temperature (paper: 0.1), left-padded batches."""
+def generate(
+    cfg, model, tok, questions: list[str], device, batch_size: int = 8, temperature: float | None = None, n: int = 1
+) -> list[str]:
+    """0-shot answers (``n`` per question, consecutive); temperature cfg.temperature by default (paper: 0.1)."""
+    temperature = cfg.temperature if temperature is None else temperature
     model.eval()
     tok.padding_side = "left"
     out = []
@@ -164,8 +180,9 @@ def generate(cfg, model, tok, questions: list[str], device, batch_size: int = 8)
         gen = model.generate(
             **enc,
             max_new_tokens=cfg.max_new_tokens,
-            do_sample=cfg.temperature > 0,
-            temperature=cfg.temperature if cfg.temperature > 0 else None,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            num_return_sequences=n,
             top_p=None,
             top_k=None,
             pad_token_id=tok.pad_token_id,
@@ -230,13 +247,28 @@ def load_math(cfg, run) -> tuple[list[dict], list[dict], list[dict]]:
         r["answer"] = last_boxed(r["solution"])
     idx = list(range(len(test)))
     random.Random(cfg.math_split_seed).shuffle(idx)
-    val = [test[i] for i in idx[: cfg.n_val]]
-    held = [test[i] for i in idx[cfg.n_val :]]
+    # MATH-500 is a subset of MATH test: the profiling split Q_val must not contain an item MATH-500 evaluates
+    m500 = set()
+    if "math500" in cfg.eval_sets:
+        hub, conf, split, qf, _ = EVAL_SETS["math500"]
+        m500 = {_key(r[qf]) for r in load_dataset(hub, conf, split=split)}
+    pool = [i for i in idx if _key(test[i]["problem"]) not in m500]
+    val = [test[i] for i in pool[: cfg.n_val]]
+    held = [test[i] for i in idx if i not in set(pool[: cfg.n_val])]
     atomic_write_json(
-        {"dataset": cfg.math_dataset, "seed": cfg.math_split_seed, "val_idx": idx[: cfg.n_val]},
+        {
+            "dataset": cfg.math_dataset,
+            "seed": cfg.math_split_seed,
+            "val_idx": pool[: cfg.n_val],
+            "math500_excluded_from_val": len(idx) - len(pool),
+        },
         run.path("math_split.json"),
     )
     return train, val, held
+
+
+def _key(text: str) -> str:
+    return " ".join(text.split())
 
 
 def load_eval_sets(cfg, held: list[dict]) -> dict[str, list[tuple[str, str]]]:
@@ -251,8 +283,11 @@ def load_eval_sets(cfg, held: list[dict]) -> dict[str, list[tuple[str, str]]]:
             from datasets import load_dataset
 
             hub, conf, split, qf, af = EVAL_SETS[name]
-            ds = load_dataset(hub, conf, split=split)
+            keep = EVAL_FILTERS.get(name, lambda r: True)
+            ds = [r for r in load_dataset(hub, conf, split=split) if keep(r)]
             items = [(r[qf], str(r[af]).split("####")[-1].strip()) for r in ds]
+            if name in EXPECTED_SIZES and len(items) != EXPECTED_SIZES[name]:
+                print(f"warning: {name} has {len(items)} items, expected {EXPECTED_SIZES[name]}", file=sys.stderr)
         sets[name] = items[: cfg.eval_limit] if cfg.eval_limit else items
     return sets
 
@@ -265,11 +300,9 @@ def make_teacher(cfg, run):
         from papers.stat.teacher import OracleTeacher
 
         return _TextOracle(OracleTeacher(cfg.label_noise, cfg.teacher_error, cfg.max_missing, cfg.seed))
-    from papers.stat.teacher import CallCache, HFChat, LLMTeacher, OpenAIChat
+    from papers.stat.teacher import llm_teacher
 
-    backend = OpenAIChat(cfg.teacher_url) if cfg.teacher == "openai" else HFChat(cfg.teacher_model)
-    cache = CallCache(cfg.teacher_cache or run.dir / "teacher_cache.jsonl")
-    return LLMTeacher(backend, SKILLS_BY_SUBJECT, cfg.teacher_model, cfg.synthesis_model, cache)
+    return llm_teacher(cfg, SKILLS_BY_SUBJECT)
 
 
 class _TextOracle:
@@ -358,55 +391,52 @@ def _norm(b: str) -> str:
 
 
 def lora_sft(cfg, run, model, tok, items) -> None:
-    """Plain SFT of the LoRA adapter on the chat-formatted pairs, loss on the answer tokens."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.ft_lr, weight_decay=cfg.weight_decay)
+    """SFT of the LoRA adapter on the chat-formatted pairs, loss on the answer tokens (the shared loop of sft.py:
+    resumable from ``<run>/checkpoints``, adapter weights only; paged 8-bit AdamW under QLoRA)."""
     steps = cfg.ft_epochs * math.ceil(len(items) / cfg.global_batch)
-    from papers.stat.train import cosine_lambda
+    order = epoch_order(len(items), cfg.ft_epochs, cfg.seed * 1000)
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps, cfg.warmup_frac, floor=0.0))
-    model, opt = run.accelerator.prepare(model, opt)
-    model.train()
-    order = []
-    for e in range(cfg.ft_epochs):
-        perm = list(range(len(items)))
-        random.Random(cfg.seed * 1000 + e).shuffle(perm)
-        order += perm
-    bar = run.progress(total=steps, desc=f"lora-{cfg.method}")
-    for step in range(steps):
+    def micro_batches(step):
         chunk = order[step * cfg.global_batch : (step + 1) * cfg.global_batch]
         chunk = chunk[run.accelerator.process_index :: run.world_size]
-        for k in range(0, len(chunk), run.per_device_batch):
-            seqs, labs = [], []
-            for i in chunk[k : k + run.per_device_batch]:
-                p, a = chat_ids(tok, *items[i])
-                ids = (p + a)[: cfg.max_seq_len]
-                seqs.append(ids)
-                labs.append(([-100] * len(p) + a)[: cfg.max_seq_len])
-            n = max(map(len, seqs))
-            ids = torch.tensor([s + [tok.pad_token_id] * (n - len(s)) for s in seqs], device=run.device)
-            labels = torch.tensor([s + [-100] * (n - len(s)) for s in labs], device=run.device)
-            mask = (
-                torch.arange(n, device=run.device)[None]
-                < torch.tensor([len(s) for s in seqs], device=run.device)[:, None]
-            ).long()
-            with run.accelerator.accumulate(model), run.accelerator.autocast():
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                run.accelerator.backward(loss)
-                if run.accelerator.sync_gradients:
-                    run.accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                opt.zero_grad()
-        sched.step()
-        bar.update(1)
-        if (step + 1) % cfg.log_every == 0:
-            run.log(step + 1, loss=loss.item(), lr=sched.get_last_lr()[0])
-    bar.close()
+        return [chunk[k : k + run.per_device_batch] for k in range(0, len(chunk), run.per_device_batch)]
+
+    def loss_of(m, idx):
+        seqs, labs = [], []
+        for i in idx:
+            p, a = chat_ids(tok, *items[i])
+            seqs.append((p + a)[: cfg.max_seq_len])
+            labs.append(([-100] * len(p) + a)[: cfg.max_seq_len])
+        n = max(map(len, seqs))
+        ids = torch.tensor([s + [tok.pad_token_id] * (n - len(s)) for s in seqs], device=run.device)
+        labels = torch.tensor([s + [-100] * (n - len(s)) for s in labs], device=run.device)
+        lengths = torch.tensor([len(s) for s in seqs], device=run.device)
+        mask = (torch.arange(n, device=run.device)[None] < lengths[:, None]).long()
+        return m(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    sft_loop(
+        run,
+        cfg,
+        model,
+        steps,
+        cfg.ft_lr,
+        run.dir / "checkpoints",
+        f"lora-{cfg.method}",
+        micro_batches,
+        loss_of,
+        floor=0.0,
+        optim=cfg.optim,
+        adapter_only=True,
+    )
 
 
 def run_math(cfg) -> None:
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
+    rec_preset, rec_method = cfg.preset, cfg.method
+    if cfg.lr_grid:  # a sweep run: its own folder and record name
+        rec_preset, rec_method = f"{cfg.preset}-lrgrid", f"{cfg.method}@lr={cfg.ft_lr:g}"
+        cfg = replace(cfg, run_name=f"{cfg.preset}/lrgrid/{cfg.method}-lr{cfg.ft_lr:g}-seed{cfg.seed}")
     run = start(cfg, PAPER)
     train, val, held = load_math(cfg, run)
     _subject_of.update({r["problem"]: r.get("type", "") for r in train})
@@ -416,8 +446,12 @@ def run_math(cfg) -> None:
     metrics, info = {}, {}
     if cfg.method != "base":
         needs_val = cfg.method in ("embed_sel", "stat_sel", "stat_syn")
-        val_answers = generate(cfg, model, tok, [r["problem"] for r in val], run.device) if needs_val else []
-        items, info = build_train_set(cfg, run, train, val, val_answers, teacher)
+
+        def build():  # PRM, teacher and synthesis on the main process only; the result is broadcast
+            val_answers = generate(cfg, model, tok, [r["problem"] for r in val], run.device) if needs_val else []
+            return build_train_set(cfg, run, train, val, val_answers, teacher)
+
+        items, info = main_process_only(run, build)
         atomic_write_text(
             "".join(json.dumps({"question": q, "solution": s}) + "\n" for q, s in items), run.path("train_set.jsonl")
         )
@@ -436,17 +470,26 @@ def run_math(cfg) -> None:
                 f"python -m papers.stat.fullscale merge {run.dir / 'adapter'} {run.dir / 'merged'}\n",
                 run.path("MERGE_COMMAND.txt"),
             )
+    k_sets = {x.strip() for x in cfg.k_sets.split(",") if x.strip()}
     for name, items in load_eval_sets(cfg, held).items():
-        answers = generate(cfg, model, tok, [q for q, _ in items], run.device)
+        qs = [q for q, _ in items]
+        if name in k_sets:  # paper: AMC23 avg@64, AIME pass@64, T = 1.0
+            k = cfg.k_samples
+            answers = generate(cfg, model, tok, qs, run.device, batch_size=1, temperature=cfg.k_temperature, n=k)
+            ok = [[is_equiv(last_boxed(a), g) for a in answers[i * k : (i + 1) * k]] for i, (_, g) in enumerate(items)]
+            metrics[f"pass@{k}/{name}"] = 100 * sum(any(x) for x in ok) / len(items)
+            metrics[f"avg@{k}/{name}"] = 100 * sum(sum(x) / k for x in ok) / len(items)
+            continue
+        answers = generate(cfg, model, tok, qs, run.device)
         metrics[f"acc/{name}"] = 100 * sum(is_equiv(last_boxed(a), g) for a, (_, g) in zip(answers, items)) / len(items)
     if run.is_main:
-        teacher_note = cfg.teacher_model if cfg.teacher != "oracle" else "oracle (smoke twin)"
+        teacher_note = teacher_used(cfg)
         rec = make_record(
             paper=PAPER,
-            preset=cfg.preset,
-            method=cfg.method,
+            preset=rec_preset,
+            method=rec_method,
             seed=cfg.seed,
-            benchmark="stat / MATH: SFT data construction (Table 3)",
+            benchmark="stat / MATH: SFT data construction (Table 3)" + (" LR sweep" if cfg.lr_grid else ""),
             dataset=cfg.math_dataset if not cfg.tiny_random else "arith chains as text (smoke)",
             metrics=metrics,
             protocol={
@@ -460,10 +503,19 @@ def run_math(cfg) -> None:
             config=cfg,
             wall_time_s=time.time() - t0,
             peak_memory_mb=peak_memory_mb(),
-            extra={"train_set": info},
+            extra={"train_set": info, "teacher_usage": teacher.usage() if hasattr(teacher, "usage") else {}},
         )
         print(json.dumps(metrics, indent=1), f"\nrecord: {write_record(rec, cfg.results_dir)}")
     run.finish()
+
+
+def teacher_used(cfg) -> str:
+    """The teacher actually behind the record (the paper's is GPT-4o-mini / GPT-4o through the OpenAI API)."""
+    if cfg.teacher == "oracle":
+        return "programmatic oracle (smoke twin; no LLM)"
+    if cfg.teacher == "hf":
+        return f"local transformers model {cfg.teacher_model} (substituted for the paper's GPT-4o-mini / GPT-4o)"
+    return f"{cfg.teacher_model} (labels, profile, solutions) + {cfg.synthesis_model} (synthesis) at {cfg.teacher_url}"
 
 
 def merge(adapter: str, out: str) -> None:
@@ -477,8 +529,51 @@ def merge(adapter: str, out: str) -> None:
     print(f"merged model: {out}")
 
 
+def sweep(argv=None) -> dict:
+    """Per-method LR sweep (App. B: the best of {5e-4, 2e-4, 1e-4, 8e-5, 2e-5} per method, on MATH accuracy).
+
+    Every (method, LR) trains through ``papers.stat.train`` with ``lr_grid=true`` (records ``<preset>-lrgrid``);
+    finished runs are skipped. Writes ``<out_dir>/stat/<preset>/lr_sweep.json`` with the best LR per method.
+    """
+    import argparse
+    from pathlib import Path
+
+    from common.config import parse_cli
+    from papers.stat.config import PRESETS, Config
+    from papers.stat.train import main as train_main
+
+    ap = argparse.ArgumentParser(prog="python -m papers.stat.fullscale sweep", description=sweep.__doc__)
+    ap.add_argument("--preset", default="math", choices=[p for p in PRESETS if PRESETS[p].task == "math"])
+    ap.add_argument("--methods", nargs="+", default=["sft", "stat_sel", "stat_syn"])
+    ap.add_argument("--metric", default="acc/math500", help="selection metric of the records (paper: MATH)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    args = ap.parse_args(argv)
+    cfg = parse_cli(
+        Config, PRESETS, ["--preset", args.preset, "--set", *args.set] if args.set else ["--preset", args.preset]
+    )
+    grid = [float(x) for x in cfg.lr_grid_values.split(",") if x.strip()]
+    best = {}
+    for method in args.methods:
+        scores = {}
+        for lr in grid:
+            path = Path(cfg.results_dir) / PAPER / f"{cfg.preset}-lrgrid" / f"{method}@lr={lr:g}-seed{cfg.seed}.json"
+            if not path.exists():
+                train_main(
+                    ["--preset", args.preset, "--set", *args.set, f"method={method}", f"ft_lr={lr}", "lr_grid=true"]
+                )
+            scores[lr] = json.loads(path.read_text())["metrics"].get(args.metric, float("nan"))
+        best[method] = {"lr": max(scores, key=lambda x: (scores[x], -x)), "scores": scores}
+        print(f"[sweep] {method}: " + ", ".join(f"{lr:g} -> {v:.2f}" for lr, v in scores.items()), flush=True)
+    out = Path(cfg.out_dir) / PAPER / cfg.preset / "lr_sweep.json"
+    atomic_write_json({"metric": args.metric, "best": best}, out)
+    print(f"best LR per method: {out}")
+    return best
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "merge":
         merge(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) >= 2 and sys.argv[1] == "sweep":
+        sweep(sys.argv[2:])
     else:
         print(__doc__)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from papers.stat.teacher import Teacher, majority_agreement
+from papers.stat.teacher import Teacher, majority_agreement, parallel_map
 
 
 def is_difficult(rewards: Sequence[float], tau1: float = 0.85, tau2: float = 0.7) -> bool:
@@ -48,19 +48,22 @@ def missing_skill_profile(
     aggregate profile f(s) = number of questions whose MSP contains s.
     """
     per_q, profile = [], Counter()
-    for question, solution, subject in items:
-        msp = list(dict.fromkeys(teacher.missing_skills(question, solution, subject)))
+    answers = parallel_map(lambda it: teacher.missing_skills(*it), items, getattr(teacher, "concurrency", 1))
+    for (question, _, _), msp in zip(items, answers):
+        msp = list(dict.fromkeys(msp))
         if msp:
             per_q.append((question, msp))
             profile.update(msp)
     return per_q, profile
 
 
-def build_skill_map(questions: Sequence[str], label: Callable[[str], list[str]]) -> dict[str, list[int]]:
-    """M(s) = indices of the pool questions labelled with skill s."""
+def build_skill_map(
+    questions: Sequence[str], label: Callable[[str], list[str]], workers: int = 1
+) -> dict[str, list[int]]:
+    """M(s) = indices of the pool questions labelled with skill s (``workers`` concurrent labelling calls)."""
     skill_map: dict[str, list[int]] = {}
-    for i, q in enumerate(questions):
-        for s in label(q):
+    for i, labels in enumerate(parallel_map(label, questions, workers)):
+        for s in labels:
             skill_map.setdefault(s, []).append(i)
     return skill_map
 
@@ -112,35 +115,60 @@ def stat_syn(
     target_unique: int = 0,
     max_passes: int = 10,
     forbidden: set[str] | None = None,
+    dedupe: bool = False,
+    valid: Callable[[str, str | None], bool] | None = None,
     answer_of=None,
     ref_text: Callable[[int], str] | None = None,
 ) -> tuple[list[tuple[str, str]], dict]:
-    """Stage 3b. Returns the kept (question, solution) pairs and statistics of the agreement filter."""
+    """Stage 3b. Returns the kept (question, solution) pairs and statistics of the agreement filter.
+
+    Each pass proposes every question first and then solves the new ones (both with up to ``teacher.concurrency``
+    calls at once). ``valid(question, solution)`` (solution None: the question alone) drops items the student
+    cannot read, e.g. an LLM teacher's text for the character-level arithmetic student.
+    """
     forbidden = forbidden or set()
     kept: list[tuple[str, str]] = []
     seen: set[str] = set()
     stats = Counter()
     ref_text = ref_text or (lambda i: pool_questions[i])
+    workers = getattr(teacher, "concurrency", 1)
+    valid = valid or (lambda q, s: True)
     for _ in range(max_passes):
+        jobs = []  # (skill, refs), one per requested question; the reference draws stay sequential (seeded)
         for _, msp in per_q:
             for s in msp:
                 members = skill_map.get(s)
                 if not members:
                     continue
                 refs = [ref_text(rng.choice(members)) for _ in range(n_refs)]
-                for _ in range(questions_per_pair):
-                    q = teacher.propose_question(refs, s)
-                    stats["proposed"] += 1
-                    if not q or q in seen or q in forbidden:
-                        stats["rejected_duplicate"] += 1
-                        continue
-                    sols = filter_by_agreement(teacher.solve(q, n_solutions), min_agree, answer_of)
-                    if not sols:
-                        stats["rejected_disagreement"] += 1
-                        continue
-                    seen.add(q)
-                    stats["kept_questions"] += 1
-                    kept.extend((q, sol) for sol in sols)
+                jobs += [(s, refs)] * questions_per_pair
+        proposed = parallel_map(lambda job: teacher.propose_question(job[1], job[0]), jobs, workers)
+        stats["proposed"] += len(proposed)
+        fresh: list[str] = []
+        fresh_set: set[str] = set()
+        for q in proposed:
+            if not q or q in seen or q in forbidden or q in fresh_set:
+                stats["rejected_duplicate"] += 1
+            elif not valid(q, None):
+                stats["rejected_format"] += 1
+            else:
+                fresh.append(q)
+                fresh_set.add(q)
+        solutions = parallel_map(lambda q: teacher.solve(q, n_solutions), fresh, workers)
+        for q, sols in zip(fresh, solutions):
+            sols = filter_by_agreement(sols, min_agree, answer_of)
+            if not sols:
+                stats["rejected_disagreement"] += 1
+                continue
+            if dedupe:  # identical agreeing solutions are one training pair, not several
+                sols = list(dict.fromkeys(sols))
+            usable = [x for x in sols if valid(q, x)]
+            stats["rejected_format"] += len(sols) - len(usable)
+            if not usable:
+                continue
+            seen.add(q)
+            stats["kept_questions"] += 1
+            kept.extend((q, sol) for sol in usable)
         if len(seen) >= target_unique:
             break
     stats["kept_pairs"] = len(kept)

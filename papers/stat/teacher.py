@@ -26,9 +26,11 @@ import os
 import random
 import re
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -229,77 +231,244 @@ def match_skills(text: str | None, catalogue: list[str]) -> list[str]:
     return out
 
 
+class TeacherAPIError(RuntimeError):
+    """The teacher endpoint failed for good: a non-retryable HTTP status (4xx except 429) or retries exhausted."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Reply:
+    """One chat completion: ``text`` is None when the server sent ``content: null``."""
+
+    text: str | None
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Usable as an answer (and cacheable): content present and not cut at max_tokens."""
+        return self.text is not None and self.finish_reason != "length"
+
+
 class ChatBackend(Protocol):
-    def chat(self, messages: list[dict], model: str, temperature: float, max_tokens: int) -> str: ...
+    def chat(self, messages: list[dict], model: str, temperature: float, max_tokens: int) -> Reply: ...
+
+
+# USD per 1M (input, output) tokens; a model not listed is logged with cost 0 (set ``prices`` for others).
+PRICES_PER_MTOK: dict[str, tuple[float, float]] = {"gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00)}
+
+
+class Usage:
+    """Thread-safe token and cost ledger of a backend; optionally appends one JSON line per call to ``log_path``."""
+
+    def __init__(self, log_path: str | Path | None = None, prices: dict | None = None):
+        self.log_path = Path(log_path) if log_path else None
+        self.prices = dict(PRICES_PER_MTOK if prices is None else prices)
+        self.totals: Counter = Counter()
+        self.lock = threading.Lock()
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        pin, pout = self.prices.get(model, (0.0, 0.0))
+        return (prompt_tokens * pin + completion_tokens * pout) / 1e6
+
+    def add(self, model: str, reply: Reply, attempts: int, seconds: float) -> None:
+        cost = self.cost(model, reply.prompt_tokens, reply.completion_tokens)
+        with self.lock:
+            self.totals["calls"] += 1
+            self.totals["prompt_tokens"] += reply.prompt_tokens
+            self.totals["completion_tokens"] += reply.completion_tokens
+            self.totals["retries"] += attempts - 1
+            self.totals["cost_usd"] += cost
+            if self.log_path:
+                row = {
+                    "model": model,
+                    "prompt_tokens": reply.prompt_tokens,
+                    "completion_tokens": reply.completion_tokens,
+                    "cost_usd": round(cost, 8),
+                    "finish_reason": reply.finish_reason,
+                    "null_content": reply.text is None,
+                    "attempts": attempts,
+                    "seconds": round(seconds, 3),
+                }
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.log_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+    def summary(self) -> dict:
+        with self.lock:
+            return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.totals.items()}
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """The Retry-After header as seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 class OpenAIChat:
-    """Minimal client for an OpenAI-compatible ``POST {base_url}/chat/completions`` (stdlib only)."""
+    """Client for an OpenAI-compatible ``POST {base_url}/chat/completions`` (stdlib HTTP, no SDK needed).
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 120.0):
+    Retries: HTTP 429 and 5xx, connection errors, timeouts and unreadable bodies, up to ``max_retries`` times, with
+    exponential back-off (``backoff`` x 2^k, capped at ``max_backoff``, with jitter) or the server's ``Retry-After``
+    when it sends one. Other 4xx statuses (bad request, auth, not found) raise ``TeacherAPIError`` at once. Tokens
+    and cost of every call go to ``usage`` (a ``Usage`` ledger).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 6,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        usage: Usage | None = None,
+        sleep=time.sleep,
+    ):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
         self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.usage = usage or Usage()
+        self.sleep = sleep
 
-    def chat(self, messages: list[dict], model: str, temperature: float = 0.0, max_tokens: int = 1024) -> str:
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_backoff)
+        return min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
+
+    def chat(self, messages: list[dict], model: str, temperature: float = 0.0, max_tokens: int = 1024) -> Reply:
         body = json.dumps(
             {"model": model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
         ).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers=headers, method="POST")
-        last = None
-        for _ in range(2):
+        t0 = time.time()
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            req = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers=headers, method="POST")
+            retry_after = None
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     data = json.loads(resp.read().decode())
-                return data["choices"][0]["message"]["content"]
-            except (urllib.error.URLError, TimeoutError, KeyError, json.JSONDecodeError) as e:
-                last = e
-        raise RuntimeError(f"teacher endpoint {self.base_url} failed: {last}")
+                choice = data["choices"][0]
+                usage = data.get("usage") or {}
+                reply = Reply(
+                    text=(choice.get("message") or {}).get("content"),
+                    finish_reason=choice.get("finish_reason") or "stop",
+                    prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                    completion_tokens=int(usage.get("completion_tokens") or 0),
+                )
+                self.usage.add(model, reply, attempt + 1, time.time() - t0)
+                return reply
+            except urllib.error.HTTPError as e:
+                detail = e.read().decode(errors="replace")[:300] if e.fp else ""
+                if 400 <= e.code < 500 and e.code != 429:
+                    raise TeacherAPIError(
+                        f"teacher endpoint {self.base_url}: HTTP {e.code}: {detail}", e.code
+                    ) from None
+                last = f"HTTP {e.code}: {detail}"
+                retry_after = retry_after_seconds(e.headers.get("Retry-After") if e.headers else None)
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+                last = f"{type(e).__name__}: {e}"
+            except (KeyError, IndexError, TypeError, ValueError) as e:  # unreadable body (json errors are ValueError)
+                last = f"unreadable response: {type(e).__name__}: {e}"
+            if attempt < self.max_retries:
+                self.sleep(self._delay(attempt, retry_after))
+        raise TeacherAPIError(f"teacher endpoint {self.base_url} failed after {self.max_retries + 1} attempts: {last}")
 
 
 class HFChat:
-    """A local transformers instruct model as the teacher (an offline substitute for GPT-4o-mini)."""
+    """A local transformers instruct model as the teacher (an offline substitute for GPT-4o-mini).
 
-    def __init__(self, model_name: str, device: str | None = None):
+    Loads in bf16 on the GPU when one is available (float32 on CPU) and generates from the chat template;
+    ``finish_reason`` is "length" when generation stopped at ``max_tokens`` without an end-of-sequence token.
+    """
+
+    def __init__(self, model_name: str, device: str | None = None, dtype=None):
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype is None:
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.tok = AutoTokenizer.from_pretrained(model_name)
-        self.model = AutoModelForCausalLM.from_pretrained(model_name)
-        if device:
-            self.model.to(device)
+        self.model = AutoModelForCausalLM.from_pretrained(model_name, dtype=dtype).to(self.device)
         self.model.eval()
+        self.lock = threading.Lock()  # one generate at a time on a shared model
+        self.usage = Usage(prices={})
 
-    def chat(self, messages: list[dict], model: str = "", temperature: float = 0.0, max_tokens: int = 1024) -> str:
+    def chat(self, messages: list[dict], model: str = "", temperature: float = 0.0, max_tokens: int = 1024) -> Reply:
         import torch
 
-        ids = self.tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-        ids = ids.to(self.model.device)
-        with torch.no_grad():
+        enc = self.tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = enc["input_ids"].to(self.device)
+        mask = enc.get("attention_mask")
+        mask = mask.to(self.device) if mask is not None else torch.ones_like(ids)
+        eos = self.tok.eos_token_id
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else eos
+        t0 = time.time()
+        with self.lock, torch.no_grad():
             out = self.model.generate(
-                ids,
+                input_ids=ids,
+                attention_mask=mask,
                 max_new_tokens=max_tokens,
                 do_sample=temperature > 0,
-                temperature=temperature or None,
-                pad_token_id=self.tok.eos_token_id,
+                temperature=temperature if temperature > 0 else None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=pad,
             )
-        return self.tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        new = out[0, ids.shape[1] :].tolist()
+        ended = eos is not None and eos in new
+        reply = Reply(
+            text=self.tok.decode(new, skip_special_tokens=True),
+            finish_reason="stop" if ended or len(new) < max_tokens else "length",
+            prompt_tokens=int(ids.shape[1]),
+            completion_tokens=len(new),
+        )
+        self.usage.add(model, reply, 1, time.time() - t0)
+        return reply
 
 
 class CallCache:
-    """prompt hash -> response, appended as JSON lines (thread-safe)."""
+    """key -> response, appended as JSON lines; thread-safe and crash-tolerant.
+
+    Loading skips a torn or corrupt line (a crash mid-write) instead of failing, and the next append first ends such
+    a line, so one bad line never loses the rest of the file. Each entry is written with one ``write`` call on an
+    append-mode file and flushed, so several processes can share one cache file.
+    """
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
         self.table: dict[str, str] = {}
         self.lock = threading.Lock()
+        self.skipped_lines = 0
         if self.path and self.path.exists():
-            for line in self.path.read_text().splitlines():
-                if line.strip():
+            for line in self.path.read_text(errors="replace").splitlines():
+                if not line.strip():
+                    continue
+                try:
                     row = json.loads(line)
                     self.table[row["key"]] = row["response"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    self.skipped_lines += 1
 
     @staticmethod
     def key(*parts) -> str:
@@ -308,13 +477,34 @@ class CallCache:
     def get(self, key: str) -> str | None:
         return self.table.get(key)
 
+    def __len__(self) -> int:
+        return len(self.table)
+
     def put(self, key: str, response: str) -> None:
         with self.lock:
             self.table[key] = response
-            if self.path:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a") as f:
-                    f.write(json.dumps({"key": key, "response": response}) + "\n")
+            if not self.path:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            line = json.dumps({"key": key, "response": response}) + "\n"
+            with open(self.path, "ab+") as f:
+                if f.tell() > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":  # a torn last line: end it so this entry stays readable
+                        line = "\n" + line
+                f.write(line.encode())
+                f.flush()
+
+
+def parallel_map(fn, items, workers: int = 1) -> list:
+    """``[fn(x) for x in items]`` with up to ``workers`` threads; results keep the input order."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
 
 
 class LLMTeacher:
@@ -328,31 +518,63 @@ class LLMTeacher:
         synthesis_model: str | None = None,
         cache: CallCache | None = None,
         solve_temperature: float = 0.7,
+        concurrency: int = 1,
+        max_tokens: int = 1024,
+        solve_hint: str = "",
     ):
         self.backend = backend
         self.skills_by_subject = skills_by_subject
         self.model = model
         self.synthesis_model = synthesis_model or model
-        self.cache = cache or CallCache(None)
+        self.cache = cache if cache is not None else CallCache(None)
         self.solve_temperature = solve_temperature
+        self.concurrency = concurrency  # pipeline stages run up to this many teacher calls at once
+        self.max_tokens = max_tokens
+        self.solve_hint = solve_hint  # appended to the solve prompt (e.g. the arithmetic chains' answer format)
         self.stats: Counter = Counter()
+        self._lock = threading.Lock()
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.stats[name] += 1
+
+    def usage(self) -> dict:
+        """Call statistics (calls, cache hits, null / truncated replies) and the backend's token and cost ledger."""
+        out = dict(self.stats)
+        ledger = getattr(self.backend, "usage", None)
+        if isinstance(ledger, Usage):
+            out.update({f"api_{k}": v for k, v in ledger.summary().items()})
+        return out
 
     def _skills(self, subject: str) -> list[str]:
         if subject in self.skills_by_subject:
             return self.skills_by_subject[subject]
         return sorted({s for v in self.skills_by_subject.values() for s in v})
 
-    def _ask(self, prompt: str, model: str, temperature: float = 0.0, sample: int = 0, max_tokens: int = 1024) -> str:
-        key = CallCache.key(model, prompt, temperature, sample)
+    def _ask(self, prompt: str, model: str, temperature: float = 0.0, sample: int = 0) -> str:
+        """The teacher's reply, from the shared cache (key: model, messages, temperature, sample index) or the API.
+
+        A reply with ``content: null`` or cut at max_tokens (``finish_reason == "length"``) is not an answer: it is
+        counted, returned as "" (the callers read no tags from it) and never cached, so a later run asks again.
+        """
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        key = CallCache.key(model, messages, temperature, sample)
         hit = self.cache.get(key)
         if hit is not None:
-            self.stats["cache_hits"] += 1
+            self._count("cache_hits")
             return hit
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
-        out = self.backend.chat(messages, model=model, temperature=temperature, max_tokens=max_tokens)
-        self.stats["calls"] += 1
-        self.cache.put(key, out)
-        return out
+        reply = self.backend.chat(messages, model=model, temperature=temperature, max_tokens=self.max_tokens)
+        if isinstance(reply, str):  # a plain-text backend
+            reply = Reply(reply)
+        self._count("calls")
+        if reply.text is None:
+            self._count("null_content")
+            return ""
+        if reply.finish_reason == "length":
+            self._count("truncated")
+            return ""
+        self.cache.put(key, reply.text)
+        return reply.text
 
     def label_skills(self, question: str, subject: str = "") -> list[str]:
         skills = self._skills(subject)
@@ -380,9 +602,28 @@ class LLMTeacher:
 
     def solve(self, question: str, n: int = 3) -> list[str]:
         return [
-            self._ask(SOLVE_PROMPT.format(question=question), self.model, self.solve_temperature, sample=i)
+            self._ask(SOLVE_PROMPT.format(question=question) + self.solve_hint, self.model, self.solve_temperature, i)
             for i in range(n)
         ]
+
+
+def llm_teacher(cfg, skills_by_subject: dict[str, list[str]], solve_hint: str = "") -> LLMTeacher:
+    """The configured LLM teacher (``teacher`` = openai or hf) with the shared call cache."""
+    if cfg.teacher == "openai":
+        log = Path(cfg.out_dir) / "stat" / "teacher_usage.jsonl"
+        backend = OpenAIChat(cfg.teacher_url, max_retries=cfg.teacher_max_retries, usage=Usage(log))
+    else:
+        backend = HFChat(cfg.teacher_model)
+    cache = CallCache(cfg.teacher_cache or Path(cfg.out_dir) / "stat" / "teacher_cache.jsonl")
+    return LLMTeacher(
+        backend,
+        skills_by_subject,
+        cfg.teacher_model,
+        cfg.synthesis_model,
+        cache,
+        concurrency=cfg.teacher_concurrency if cfg.teacher == "openai" else 1,
+        solve_hint=solve_hint,
+    )
 
 
 def majority_agreement(solutions: list[str], answer_of=final_answer) -> tuple[str | None, list[str]]:

@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoint import Checkpointer, atomic_write_json, atomic_write_text
+from common.checkpoint import atomic_write_json, atomic_write_text
 from common.config import parse_cli
 from common.launch import peak_memory_mb, start
 from common.results import make_record, write_record
-from papers.stat.arith import SKILLS, Generator, parse_question
+from papers.stat.arith import SKILLS, Reserve, parse_question, readable_item
 from papers.stat.config import PRESETS, Config
-from papers.stat.eval import BENCHMARK, PAPER, evaluate, make_eval_sets, protocol, step_rewards
+from papers.stat.eval import BENCHMARK, PAPER, evaluate, make_eval_sets, protocol, step_rewards, task_of
 from papers.stat.model import CharCodec, build_student, build_tokenizer, encode_batch, greedy_solve, sft_loss
 from papers.stat.pipeline import (
     build_skill_map,
@@ -49,56 +49,27 @@ from papers.stat.pipeline import (
     stat_sel,
     stat_syn,
 )
+from papers.stat.sft import epoch_order, main_process_only, sft_loop
 from papers.stat.teacher import OracleTeacher
 
 N_MISSING_REPORTED = 3  # skills counted as "missing" in acc_missing_skills: the top-3 of the profile
 
 
-def cosine_lambda(total: int, warmup_frac: float, floor: float = 0.1):
-    """Linear warm-up, then cosine decay to ``floor`` x peak (App. B: cosine schedule, 3% warm-up)."""
-    warm = max(1, int(round(warmup_frac * total)))
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        t = min(1.0, (step - warm) / max(1, total - warm))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return f
-
-
 def train_loop(run, cfg, model, batches, total_steps: int, lr: float, ckpt_dir: Path, tag: str, on_step=None) -> None:
-    """Plain SFT: AdamW + warm-up/cosine; ``batches(step)`` returns the (question, solution) pairs of a step."""
+    """Plain SFT (the shared loop of sft.py); ``batches(step)`` returns the (question, solution) pairs of a step."""
     codec = CharCodec()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total_steps, cfg.warmup_frac))
-    model, opt = run.accelerator.prepare(model, opt)
-    ckpt = Checkpointer(ckpt_dir, keep=cfg.keep_ckpts, accelerator=run.accelerator)
-    step, _ = ckpt.resume({"model": model, "opt": opt, "sched": sched})
-    model.train()
-    bar = run.progress(total=total_steps, initial=step, desc=tag)
-    while step < total_steps:
+
+    def micro_batches(step):
         pairs = batches(step)
         micro = max(1, len(pairs) // run.grad_accum)
-        for k in range(run.grad_accum):
-            with run.accelerator.accumulate(model):
-                ids, mask, labels = encode_batch(pairs[k * micro : (k + 1) * micro], codec, run.device)
-                loss = sft_loss(model, ids, mask, labels)
-                run.accelerator.backward(loss)
-                if run.accelerator.sync_gradients and cfg.grad_clip > 0:
-                    run.accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                opt.zero_grad()
-        sched.step()
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == total_steps:
-            run.log(step, **{f"{tag}/loss": loss.item(), f"{tag}/lr": sched.get_last_lr()[0]})
-        if on_step is not None:
-            on_step(step, run.accelerator.unwrap_model(model))
-        if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == total_steps:
-            ckpt.save(step, {"model": model, "opt": opt, "sched": sched})
-    bar.close()
+        return [pairs[k * micro : (k + 1) * micro] for k in range(run.grad_accum)]
+
+    def loss_of(m, pairs):
+        return sft_loss(m, *encode_batch(pairs, codec, run.device))
+
+    sft_loop(
+        run, cfg, model, total_steps, lr, ckpt_dir, tag, micro_batches, loss_of, betas=(0.9, 0.98), on_step=on_step
+    )
 
 
 def save_student(model, folder: Path) -> None:
@@ -113,9 +84,24 @@ def load_student(folder: Path):
     return AutoModelForCausalLM.from_pretrained(folder)
 
 
+_POOLS: dict = {}
+
+
 def make_pool(cfg, sets, seed: int) -> list:
-    gen = Generator(max_value=cfg.max_value, exclude=sets.questions())
-    return gen.sample_many(cfg.pool_size, random.Random(20_000 + seed))
+    """The training pool P of a seed (natural distribution; never an evaluation question). Cached per process."""
+    key = (cfg.preset, cfg.pool_size, seed)
+    if key not in _POOLS:
+        gen = task_of(cfg).train_generator(cfg.max_value, exclude=sets.questions())
+        build = lambda: gen.sample_many(cfg.pool_size, random.Random(20_000 + seed))  # noqa: E731
+        _POOLS.clear()
+        if cfg.reserve_frac > 0:  # deterministic: parallel runs of one seed build it once
+            from papers.stat.eval import _problems, _questions, disk_cached
+
+            parts = [cfg.preset, cfg.pool_size, seed, sorted(gen.weights.items()), cfg.n_ops, cfg.reserve_frac]
+            _POOLS[key] = disk_cached(cfg, "pool", parts, build, _questions, _problems)
+        else:
+            _POOLS[key] = build()
+    return _POOLS[key]
 
 
 def train_base(cfg: Config) -> Path:
@@ -125,12 +111,13 @@ def train_base(cfg: Config) -> Path:
     if (folder / "config.json").exists():
         return folder
     run = start(bcfg, PAPER)
+    t_cpu = time.process_time()
     sets = make_eval_sets(cfg, cfg.seed)
     codec = CharCodec()
     model = build_student(cfg.student_layers, cfg.student_dim, cfg.student_heads, cfg.context)
-    gen = Generator(max_value=cfg.max_value, exclude=sets.questions())
+    gen = task_of(cfg).train_generator(cfg.max_value, exclude=sets.questions())
     val_sub = sets.val[: min(500, len(sets.val))]
-    curve = []
+    curve, skill_curve = [], []
 
     def batches(step):  # fresh samples of P every step: plain SFT with unlimited data
         rng = random.Random(hash((cfg.seed, step, run.accelerator.process_index)) & 0xFFFFFFFF)
@@ -143,6 +130,12 @@ def train_base(cfg: Config) -> Path:
             acc = 100 * accuracy(val_sub, greedy_solve(m, [p.question for p in val_sub], codec))
             curve.append((step, acc))
             run.log(step, **{"base/acc_val": acc})
+            if sets.curve:  # per-skill learning curve on its own reserved items (monitoring only)
+                point = {"step": step}
+                for s, ps in sets.curve.items():
+                    point[s] = 100 * accuracy(ps, greedy_solve(m, [p.question for p in ps], codec))
+                skill_curve.append(point)
+                run.log(step, **{f"base/acc_skill/{s}": v for s, v in point.items() if s != "step"})
             m.train()
 
     train_loop(run, bcfg, model, batches, cfg.steps, cfg.lr, run.dir / "checkpoints", "base", on_step)
@@ -150,9 +143,15 @@ def train_base(cfg: Config) -> Path:
     if run.is_main:
         prev = run.dir / "saturation_curve.json"  # a resumed run keeps the points logged before the restart
         if prev.exists():
-            curve = sorted(set(map(tuple, json.loads(prev.read_text())["curve"])) | set(curve))
+            old = json.loads(prev.read_text())
+            curve = sorted(set(map(tuple, old["curve"])) | set(curve))
+            done = {p["step"] for p in skill_curve}
+            skill_curve = sorted(
+                [p for p in old.get("skill_curve", []) if p["step"] not in done] + skill_curve, key=lambda p: p["step"]
+            )
         save_student(model, folder)
-        atomic_write_json({"curve": curve}, prev)
+        cpu = time.process_time() - t_cpu + (json.loads(prev.read_text()).get("cpu_time_s", 0) if prev.exists() else 0)
+        atomic_write_json({"curve": curve, "skill_curve": skill_curve, "cpu_time_s": cpu}, prev)
         _plot_curve(curve, run.dir / "saturation_curve.png")
     run.finish()
     return folder
@@ -161,20 +160,23 @@ def train_base(cfg: Config) -> Path:
 def base_stage(cfg: Config, sets, t_start: float):
     """Load (training if needed) the saturated base, build this seed's Missing-Skill-Profile, write its record."""
     base_seed = cfg.base_seed if cfg.base_seed >= 0 else cfg.seed
+    t_cpu = time.process_time()
     folder = train_base(replace(cfg, seed=base_seed, preset=cfg.base_preset or cfg.preset))
     bcfg = replace(cfg, method="base", run_name="")
     run = start(bcfg, PAPER)
     codec = CharCodec()
     model = load_student(folder)
     profile_path = run.dir / "profile.json"
-    if not profile_path.exists():
+    if run.is_main and not profile_path.exists():  # teacher calls only on the main process
         profile_data = build_profile(cfg, model, sets, codec)
         atomic_write_json(profile_data, profile_path)
         _plot_profile(profile_data, run.dir / "missing_skill_profile.png")
+    run.accelerator.wait_for_everyone()
     prof = json.loads(profile_path.read_text())
     rec_path = Path(cfg.results_dir) / PAPER / cfg.preset / f"base-seed{cfg.seed}.json"
     if run.is_main and not rec_path.exists():
-        metrics = evaluate(model, sets, codec, prof["missing"])
+        items: dict = {}
+        metrics = evaluate(model, sets, codec, prof["missing"], rare=task_of(cfg).rare, items=items)
         metrics["difficult_frac_val"] = prof["difficult_frac"]
         rec = make_record(
             paper=PAPER,
@@ -188,11 +190,21 @@ def base_stage(cfg: Config, sets, t_start: float):
             config=bcfg,
             wall_time_s=time.time() - t_start,
             peak_memory_mb=peak_memory_mb(),
-            extra={"profile": prof["profile"], "base_student": str(folder)},
+            extra={
+                "profile": prof["profile"],
+                "base_student": str(folder),
+                "items": items,
+                "base_train": _read_json(folder.parent / "saturation_curve.json"),
+                "cpu_time_s": time.process_time() - t_cpu,
+            },
         )
         write_record(rec, cfg.results_dir, same_config=False)  # the base does not depend on the method
     run.finish()
     return model, prof
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def benchmark(cfg) -> str:
@@ -233,18 +245,15 @@ def make_teacher(cfg):
             cfg.teacher_error,
             cfg.max_missing,
             seed=cfg.seed,
-            generator=Generator(max_value=cfg.max_value),
+            generator=task_of(cfg).train_generator(cfg.max_value),  # synthesis never emits a reserved question
         )
-    from papers.stat.teacher import CallCache, HFChat, LLMTeacher, OpenAIChat
+    from papers.stat.teacher import llm_teacher
 
-    backend = OpenAIChat(cfg.teacher_url) if cfg.teacher == "openai" else HFChat(cfg.teacher_model)
-    return LLMTeacher(
-        backend,
-        {"arithmetic": list(SKILLS)},
-        cfg.teacher_model,
-        cfg.synthesis_model,
-        CallCache(cfg.teacher_cache or None),
+    hint = (
+        "\nThe problem is evaluated left to right (M = max). Write only the steps a<op>b=c separated by ';' and end"
+        " with '#' and the answer, e.g. 37+48=85;85%7=1;#1"
     )
+    return llm_teacher(cfg, {"arithmetic": list(SKILLS)}, solve_hint=hint)
 
 
 def build_train_set(cfg, prof, pool, sets, run) -> tuple[list[tuple[str, str]], dict]:
@@ -254,8 +263,12 @@ def build_train_set(cfg, prof, pool, sets, run) -> tuple[list[tuple[str, str]], 
     pool_q = [p.question for p in pool]
     label = lambda q: sorted(set(parse_question(q).skills))  # noqa: E731 - exact Skill-Map of the chains
     info: dict = {}
+    task = task_of(cfg)
     if cfg.method == "sft":
-        gen = Generator(max_value=cfg.max_value, exclude=sets.questions())
+        gen = task.train_generator(cfg.max_value, exclude=sets.questions())
+        items = [(p.question, p.solution) for p in gen.sample_many(cfg.budget, rng)]
+    elif cfg.method == "uniform":  # control: every active skill equally frequent (knows what P starves)
+        gen = task.train_generator(cfg.max_value, weights=task.uniform_weights(), exclude=sets.questions())
         items = [(p.question, p.solution) for p in gen.sample_many(cfg.budget, rng)]
     elif cfg.method == "hard":
         longest = max(len(p.ops) for p in pool)
@@ -263,14 +276,19 @@ def build_train_set(cfg, prof, pool, sets, run) -> tuple[list[tuple[str, str]], 
     elif cfg.method == "embed_sel":
         idx = embed_sel(prof["difficult_questions"], pool_q, cfg.embed_k)
         items = [(pool[i].question, pool[i].solution) for i in idx]
-    elif cfg.method == "stat_sel":
+    elif cfg.method in ("stat_sel", "stat_sel_shuffled"):
         skill_map = build_skill_map(pool_q, label)
+        if cfg.method == "stat_sel_shuffled":  # control: the profile permuted across skills
+            perm = shuffled_skills(task.active, set(prof["profile"]), random.Random(50_000 + cfg.seed))
+            per_q = [(q, [perm[s] for s in msp]) for q, msp in per_q]
+            info["permutation"] = perm
         idx = stat_sel(per_q, skill_map, cfg.m, rng)
         items = [(pool[i].question, pool[i].solution) for i in idx]
         info["selected_unique"] = len(set(idx))
     elif cfg.method == "stat_syn":
         skill_map = build_skill_map(pool_q, label)
         teacher = make_teacher(replace(cfg, seed=cfg.seed + 1))
+        reserve = Reserve(cfg.reserve_frac) if cfg.reserve_frac > 0 else set()
         items, stats = stat_syn(
             per_q,
             skill_map,
@@ -281,7 +299,10 @@ def build_train_set(cfg, prof, pool, sets, run) -> tuple[list[tuple[str, str]], 
             n_solutions=cfg.n_solutions,
             min_agree=cfg.min_agree,
             target_unique=cfg.syn_target_unique,
+            max_passes=cfg.syn_max_passes,
+            dedupe=cfg.syn_dedupe,
             forbidden=sets.questions(),
+            valid=lambda q, s: readable_item(q, s, cfg.context, cfg.max_value) and q not in reserve,
         )
         info.update(stats)
         info["kept_wrong_solutions"] = sum(parse_question(q).solution != s for q, s in items)
@@ -289,7 +310,10 @@ def build_train_set(cfg, prof, pool, sets, run) -> tuple[list[tuple[str, str]], 
         raise ValueError(cfg.method)
     info["before_budget"] = len(items)
     info["unique_questions"] = len({q for q, _ in items})
+    info["unique_pairs"] = len(set(items))
     items = fill_budget(items, cfg.budget, rng)
+    info["unique_questions_in_budget"] = len({q for q, _ in items})
+    info["eval_questions_in_train_set"] = len({q for q, _ in items} & sets.questions())
     hist = skill_histogram([q for q, _ in items], label)
     info["skill_histogram"] = {s: hist.get(s, 0) for s in SKILLS}
     if run.is_main:
@@ -299,27 +323,45 @@ def build_train_set(cfg, prof, pool, sets, run) -> tuple[list[tuple[str, str]], 
     return items, info
 
 
+def shuffled_skills(active, support: set, rng: random.Random) -> dict[str, str]:
+    """A permutation of the active skills that moves every profiled skill (no profiled skill maps to itself)."""
+    skills = list(active)
+    for _ in range(1000):
+        perm = skills[:]
+        rng.shuffle(perm)
+        mapping = dict(zip(skills, perm))
+        if all(mapping[s] != s for s in support if s in mapping):
+            return mapping
+    raise RuntimeError("could not find a permutation that moves every profiled skill")
+
+
 def main(argv=None) -> None:
     cfg = parse_cli(Config, PRESETS, argv, description=__doc__)
     if cfg.task == "math":
         from papers.stat.fullscale import run_math
 
         return run_math(cfg)
+    run_arith(cfg)
+
+
+def run_arith(cfg: Config) -> Path | None:
+    """One (preset, method, seed) of the embedded pipeline in this process; returns the record path."""
     torch.set_num_threads(cfg.threads)
     t_start = time.time()
+    t_cpu = time.process_time()
     sets = make_eval_sets(cfg, cfg.seed)
     base, prof = base_stage(cfg, sets, t_start)
     if cfg.method == "base":
-        return
+        return None
+    rec_preset, rec_method = cfg.preset, cfg.method
+    if cfg.lr_grid:  # a learning-rate grid run: its own folder and record name, never a claim record
+        rec_preset, rec_method = f"{cfg.preset}-lrgrid", f"{cfg.method}@lr={cfg.ft_lr:g}"
+        cfg = replace(cfg, run_name=f"{cfg.preset}/lrgrid/{cfg.method}-lr{cfg.ft_lr:g}-seed{cfg.seed}")
     run = start(cfg, PAPER)
     pool = make_pool(cfg, sets, cfg.seed)
-    items, info = build_train_set(cfg, prof, pool, sets, run)
+    items, info = main_process_only(run, lambda: build_train_set(cfg, prof, pool, sets, run))
     ft_steps = cfg.ft_epochs * math.ceil(cfg.budget / cfg.global_batch)
-    order = []
-    for e in range(cfg.ft_epochs):
-        perm = list(range(len(items)))
-        random.Random(40_000 + 97 * cfg.seed + e).shuffle(perm)
-        order.extend(perm)
+    order = epoch_order(len(items), cfg.ft_epochs, 40_000 + 97 * cfg.seed)
     per_step = cfg.global_batch
 
     def batches(step):
@@ -333,29 +375,72 @@ def main(argv=None) -> None:
     train_loop(run, cfg, model, batches, ft_steps, cfg.ft_lr, run.dir / "checkpoints", cfg.method)
     model = run.accelerator.unwrap_model(model)
     train_time = time.time() - t_ft
+    path = None
     if run.is_main:
         save_student(model, run.dir / "student")
-        metrics = evaluate(model, sets, CharCodec(), prof["missing"])
-        rec = make_record(
-            paper=PAPER,
-            preset=cfg.preset,
-            method=cfg.method,
-            seed=cfg.seed,
-            benchmark=benchmark(cfg),
-            dataset="arith (embedded)",
-            metrics=metrics,
-            protocol=protocol(cfg, prof["missing"]),
-            config=cfg,
-            wall_time_s=time.time() - t_start,
-            train_wall_time_s=train_time,
-            peak_memory_mb=peak_memory_mb(),
-            extra={"train_set": info, "profile": prof["profile"]},
+        atomic_write_json(info, run.dir / "train_set_info.json")
+        path = write_method_record(
+            cfg, model, sets, prof, info, rec_preset, rec_method, t_start, t_cpu, train_time, select_only=cfg.lr_grid
         )
-        path = write_record(rec, cfg.results_dir)
-        atomic_write_json(metrics, run.dir / "metrics_final.json")
-        print(json.dumps({k: round(v, 2) for k, v in metrics.items()}, indent=1))
         print(f"record: {path}\nstudent: {run.dir / 'student'}\nwall time: {time.time() - t_start:.0f}s")
     run.finish()
+    return path
+
+
+def write_method_record(
+    cfg, model, sets, prof, info, rec_preset, rec_method, t_start, t_cpu, train_time=None, select_only=False, extra=None
+) -> Path:
+    """Evaluate a fine-tuned student and write its record (a grid run: the LR-selection set only)."""
+    eval_items: dict = {}
+    if select_only:
+        from papers.stat.eval import correct, pack_bits
+
+        t0 = time.time()
+        ok = correct(sets.select, greedy_solve(model, [p.question for p in sets.select], CharCodec()))
+        eval_items["select"] = pack_bits(ok)
+        metrics = {"acc_select": 100 * sum(ok) / len(ok), "eval_time_s": time.time() - t0}
+    else:
+        metrics = evaluate(model, sets, CharCodec(), prof["missing"], rare=task_of(cfg).rare, items=eval_items)
+    rec = make_record(
+        paper=PAPER,
+        preset=rec_preset,
+        method=rec_method,
+        seed=cfg.seed,
+        benchmark=benchmark(cfg) + (" LR grid" if select_only else ""),
+        dataset="arith (embedded)",
+        metrics=metrics,
+        protocol=protocol(cfg, prof["missing"]),
+        config=cfg,
+        wall_time_s=time.time() - t_start,
+        train_wall_time_s=train_time,
+        peak_memory_mb=peak_memory_mb(),
+        extra={
+            "train_set": info,
+            "profile": prof["profile"],
+            "items": eval_items,
+            "cpu_time_s": time.process_time() - t_cpu,
+            **(extra or {}),
+        },
+    )
+    print(json.dumps({k: round(v, 2) for k, v in metrics.items()}, indent=1))
+    return write_record(rec, cfg.results_dir)
+
+
+def record_from_grid_run(cfg: Config) -> Path:
+    """The claim record of ``cfg`` (its method, seed and chosen LR) from the finished LR-grid run of the same
+    configuration: the saved student is evaluated on every test set; nothing is retrained."""
+    torch.set_num_threads(cfg.threads)
+    t_start, t_cpu = time.time(), time.process_time()
+    grid_dir = Path(cfg.out_dir) / PAPER / cfg.preset / "lrgrid" / f"{cfg.method}-lr{cfg.ft_lr:g}-seed{cfg.seed}"
+    if not (grid_dir / "student" / "config.json").exists():
+        raise SystemExit(f"error: {grid_dir}/student missing; run the LR grid first")
+    sets = make_eval_sets(cfg, cfg.seed)
+    prof = json.loads((Path(cfg.out_dir) / PAPER / cfg.preset / f"base-seed{cfg.seed}" / "profile.json").read_text())
+    info = json.loads((grid_dir / "train_set_info.json").read_text())
+    model = load_student(grid_dir / "student")
+    return write_method_record(
+        cfg, model, sets, prof, info, cfg.preset, cfg.method, t_start, t_cpu, extra={"from_lr_grid_run": str(grid_dir)}
+    )
 
 
 def _plot_curve(curve, path: Path) -> None:
