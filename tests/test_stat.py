@@ -723,3 +723,18 @@ def test_arith_rare_smoke_stages_gates_block_then_grid_claim_summary(tmp_path, m
     ex.main(["summary", *methods, *common])
     text = (tmp_path / "runs/stat/arith-rare-smoke/claims_summary.md").read_text()
     assert "stat_sel − sft (E1/E2) | profiled" in text and "unique questions" in text
+
+
+def test_math_smoke_math_d_is_defined_by_the_base_and_shared(tmp_path):
+    from papers.stat.train import main
+
+    args = ["--preset", "math-smoke", "--set", f"out_dir={tmp_path}/runs", f"results_dir={tmp_path}/raw"]
+    args += ["eval_sets=math_d,math500"]
+    with pytest.raises(SystemExit, match="method=base"):
+        main(args + ["method=sft"])
+    main(args + ["method=base"])
+    saved = json.loads((tmp_path / "runs/stat/math-smoke/math_d-seed0.json").read_text())
+    assert saved["of"] == 4 and len(saved["items"]) <= 4
+    main(args + ["method=sft"])
+    rec = json.loads((tmp_path / "raw/stat/math-smoke/sft-seed0.json").read_text())
+    assert ("acc/math_d" in rec["metrics"]) == bool(saved["items"]) and "acc/math500" in rec["metrics"]

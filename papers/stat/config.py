@@ -124,7 +124,8 @@ class Config(BaseConfig):
     math_split_seed: int = cfg_field(0, "seed of the 1K validation / 4K test split of MATH test (not published)", min=0)
     n_val: int = cfg_field(1000, "MATH validation questions (Q_val)", min=1)
     eval_sets: str = cfg_field(
-        "math500,gsm8k", "comma-separated evaluation sets: math500, math_test, gsm8k, aime24, aime25, amc23"
+        "math500,gsm8k",
+        "comma-separated evaluation sets: math500, math_test, math_d (needs the base run), gsm8k, aime24, aime25, amc23",
     )
     eval_limit: int = cfg_field(0, "questions per evaluation set; 0 = all", min=0)
     prm_model: str = cfg_field("RLHFlow/Llama3.1-8B-PRM-Mistral-Data", "process reward model for Stage 1")
@@ -257,7 +258,7 @@ MATH = Config(
     mixed_precision="bf16",
     steps=0,  # derived from math_budget x ft_epochs / global_batch
     log_every=10,
-    eval_sets="math500,math_test,gsm8k,aime24,aime25,amc23",
+    eval_sets="math500,math_test,math_d,gsm8k,aime24,aime25,amc23",  # math_d: run method=base first
 )
 
 

@@ -275,6 +275,8 @@ def load_eval_sets(cfg, held: list[dict]) -> dict[str, list[tuple[str, str]]]:
     names = [n.strip() for n in cfg.eval_sets.split(",") if n.strip()]
     sets = {}
     for name in names:
+        if name == "math_d":  # built from the base student's answers by ``math_d_items``
+            continue
         if cfg.tiny_random:
             items = [(r["problem"], r["answer"]) for r in held]
         elif name == "math_test":
@@ -471,7 +473,13 @@ def run_math(cfg) -> None:
                 run.path("MERGE_COMMAND.txt"),
             )
     k_sets = {x.strip() for x in cfg.k_sets.split(",") if x.strip()}
-    for name, items in load_eval_sets(cfg, held).items():
+    eval_sets = load_eval_sets(cfg, held)
+    if "math_d" in cfg.eval_sets.split(","):
+        eval_sets["math_d"] = math_d_items(cfg, run, model, tok, held)
+    for name, items in eval_sets.items():
+        if not items:
+            print(f"warning: evaluation set {name} is empty; not scored", file=sys.stderr)
+            continue
         qs = [q for q, _ in items]
         if name in k_sets:  # paper: AMC23 avg@64, AIME pass@64, T = 1.0
             k = cfg.k_samples
@@ -507,6 +515,35 @@ def run_math(cfg) -> None:
         )
         print(json.dumps(metrics, indent=1), f"\nrecord: {write_record(rec, cfg.results_dir)}")
     run.finish()
+
+
+def math_d_items(cfg, run, model, tok, held: list[dict]) -> list[tuple[str, str]]:
+    """MATH^D (Sec. 3.1): the held-out test questions the PRM marks difficult for the *base* student's answers.
+
+    Built once per (preset, seed) by the ``base`` run and saved as ``<out_dir>/stat/<preset>/math_d-seed<k>.json``;
+    every method of that seed is then evaluated on the same questions."""
+    from pathlib import Path
+
+    path = Path(cfg.out_dir) / PAPER / cfg.preset / f"math_d-seed{cfg.seed}.json"
+    if not path.exists():
+        if cfg.method != "base":
+            raise SystemExit(
+                f"error: {path} missing; run --set method=base seed={cfg.seed} first (MATH^D is defined "
+                "on the base student's answers)"
+            )
+        answers = generate(cfg, model, tok, [r["problem"] for r in held], run.device)
+        prm, prm_tok = load_causal_lm(cfg, cfg.prm_model, trainable=False)
+        prm.to(run.device).eval()
+        hard = [
+            (r["problem"], r["answer"])
+            for r, a in zip(held, answers)
+            if is_difficult(prm_step_rewards(prm, prm_tok, r["problem"], a, run.device), cfg.tau1, cfg.tau2)
+        ]
+        del prm
+        if run.is_main:
+            atomic_write_json({"items": hard, "of": len(held), "prm": cfg.prm_model}, path)
+        return hard
+    return [tuple(x) for x in json.loads(path.read_text())["items"]]
 
 
 def teacher_used(cfg) -> str:

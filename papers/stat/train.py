@@ -104,9 +104,15 @@ def make_pool(cfg, sets, seed: int) -> list:
     return _POOLS[key]
 
 
+def base_config(cfg: Config) -> Config:
+    """The config of a seed's base run: the fine-tuning-only knobs a grid varies are reset to the preset's."""
+    preset = PRESETS.get(cfg.preset)
+    return replace(cfg, method="base", run_name="", lr_grid=False, ft_lr=preset.ft_lr if preset else cfg.ft_lr)
+
+
 def train_base(cfg: Config) -> Path:
     """Train the base student of ``cfg.seed`` by plain SFT on fresh samples of P (cached: skipped when saved)."""
-    bcfg = replace(cfg, method="base", run_name="")
+    bcfg = base_config(cfg)
     folder = Path(cfg.out_dir) / PAPER / bcfg.resolved_run_name / "student"
     if (folder / "config.json").exists():
         return folder
@@ -162,7 +168,7 @@ def base_stage(cfg: Config, sets, t_start: float):
     base_seed = cfg.base_seed if cfg.base_seed >= 0 else cfg.seed
     t_cpu = time.process_time()
     folder = train_base(replace(cfg, seed=base_seed, preset=cfg.base_preset or cfg.preset))
-    bcfg = replace(cfg, method="base", run_name="")
+    bcfg = base_config(cfg)
     run = start(bcfg, PAPER)
     codec = CharCodec()
     model = load_student(folder)
