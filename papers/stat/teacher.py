@@ -98,7 +98,9 @@ class OracleTeacher:
         max_missing: int = 3,
         seed: int = 0,
         generator: Generator | None = None,
+        catalogue: tuple[str, ...] = SKILLS,
     ):
+        self.catalogue = tuple(catalogue)  # the skills a noisy label may name (the task's active skills)
         self.label_noise = label_noise
         self.error_rate = error_rate
         self.max_missing = max_missing
@@ -120,7 +122,7 @@ class OracleTeacher:
         out = []
         for _, s in wrong:
             if self.rng.random() < self.label_noise:
-                others = [x for x in skills if x != s] or list(SKILLS)
+                others = [x for x in skills if x != s] or [x for x in self.catalogue if x != s]
                 s = self.rng.choice(others)
             if s not in out:
                 out.append(s)

@@ -252,6 +252,7 @@ def make_teacher(cfg):
             cfg.max_missing,
             seed=cfg.seed,
             generator=task_of(cfg).train_generator(cfg.max_value),  # synthesis never emits a reserved question
+            catalogue=task_of(cfg).active,
         )
     from papers.stat.teacher import llm_teacher
 
@@ -286,7 +287,7 @@ def build_train_set(cfg, prof, pool, sets, run) -> tuple[list[tuple[str, str]], 
         skill_map = build_skill_map(pool_q, label)
         if cfg.method == "stat_sel_shuffled":  # control: the profile permuted across skills
             perm = shuffled_skills(task.active, set(prof["profile"]), random.Random(50_000 + cfg.seed))
-            per_q = [(q, [perm[s] for s in msp]) for q, msp in per_q]
+            per_q = [(q, [perm.get(s, s) for s in msp]) for q, msp in per_q]
             info["permutation"] = perm
         idx = stat_sel(per_q, skill_map, cfg.m, rng)
         items = [(pool[i].question, pool[i].solution) for i in idx]
