@@ -284,12 +284,18 @@ def stage_gates(args) -> None:
 
 def chosen_lr(args, method: str) -> float:
     """The grid LR with the best validation accuracy at GRID_SEED (ties: the smaller LR)."""
+    folder = Path(args.results_dir) / "stat" / f"{args.preset}-lrgrid"
+    found = {}
+    for path in folder.glob(f"{method}@lr=*-seed{GRID_SEED}.json"):
+        r = json.loads(path.read_text())
+        if r["method"].split("@")[0] == method:
+            found[float(r["config"]["ft_lr"])] = r["metrics"]["acc_select"]
     scores = []
     for lr in LR_GRID:
-        r = load(args.results_dir, f"{args.preset}-lrgrid", f"{method}@lr={lr:g}", GRID_SEED)
-        if r is None:
+        hit = [v for x, v in found.items() if math.isclose(x, lr, rel_tol=1e-9)]
+        if not hit:
             raise SystemExit(f"error: LR grid of {method} incomplete (lr {lr:g}); run the grid stage first")
-        scores.append((r["metrics"]["acc_select"], -lr, lr))
+        scores.append((hit[0], -lr, lr))
     return max(scores)[2]
 
 
