@@ -223,10 +223,14 @@ def check_same_run(run_dir: Path, cfg) -> None:
         raise SystemExit(2)
 
 
-def start(cfg, paper: str) -> Run:
-    """Build the Accelerator from cfg, seed, create the run folder and describe it on disk."""
+def start(cfg, paper: str, *, find_unused_parameters: bool = False) -> Run:
+    """Build the Accelerator from cfg, seed, create the run folder and describe it on disk.
+
+    find_unused_parameters: for models whose forward leaves some parameters out of the loss (DDP must not wait for
+    their gradients), e.g. a retrieval student whose unused heads stay in the module.
+    """
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     run_dir = Path(cfg.out_dir) / paper / cfg.resolved_run_name
     accelerator_probe_world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -239,6 +243,9 @@ def start(cfg, paper: str) -> Run:
         gradient_accumulation_steps=accum,
         log_with=["tensorboard"] if cfg.trackers == "tensorboard" else None,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
+        if find_unused_parameters
+        else None,
     )
     assert per_device * accum * accelerator.num_processes == cfg.global_batch, "global batch contract violated"
     seed_everything(cfg.seed)

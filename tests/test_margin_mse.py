@@ -266,3 +266,14 @@ def test_teacher_restart_cycles_continue_a_cached_teacher_exactly(tmp_path):
     assert not torch.allclose(two[0]["dev"], one[0]["dev"])
     key = json.loads((tmp_path / "a" / "cat-0" / "cache_key.json").read_text())
     assert key["teacher_cycles"] == 2 and key["teacher_restart_steps"] == 2
+
+
+def test_student_loop_two_processes_with_accumulation_match_one_loopback(tmp_path):
+    """Margin-MSE's student loop through its entry point: 2 processes x 2 micro-batches == 1 process x 4, i.e. every
+    process trains on its own share of the global batch (before, every rank drew the same queries)."""
+    from loop_equivalence import assert_same, run_both
+
+    sets = ["loss=ranknet", "steps=3"]
+    one, two = run_both("papers.margin_mse.train", "embedded-smoke", sets, tmp_path, global_batch=8)
+    assert one["step"] == two["step"] == 3
+    assert assert_same(one, two, ["model"]) > 0

@@ -182,8 +182,9 @@ def main_fullscale(cfg: Config) -> dict:
     mcfg = cfg if cfg.delta is not None or cfg.validity != "threshold" else _calibrated(cfg, test, teacher, tf, log)
     model, train_s, train_diag = train_student(mcfg, run, src, student, log)
     metrics: dict = {}
+    grad_before = torch.is_grad_enabled()
     if run.is_main:
-        torch.set_grad_enabled(False)
+        torch.set_grad_enabled(False)  # evaluation only; restored below so callers (and tests) keep autograd
         caps, owner = flatten(test, captions_per_image=5)
         pil = [open_image(im.image, cfg.image_root) for im in test]
         t0 = time.perf_counter()
@@ -214,6 +215,7 @@ def main_fullscale(cfg: Config) -> dict:
         metrics["tau"] = float(model.tau)
         _write_fullscale_record(cfg, metrics, extra, train_s, time.time() - t_all, len(test))
         log(f"{cfg.method}: " + ", ".join(f"{a} {metrics[a]:.2f}" for a in ("TR@1", "IR@1")))
+    torch.set_grad_enabled(grad_before)
     run.finish()
     return metrics
 

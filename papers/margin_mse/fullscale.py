@@ -251,7 +251,7 @@ def main_msmarco(cfg, tables: dict | None = None, ir_module=None) -> dict:
     """Train (streamed triples, validation with early stopping), then evaluate the best student."""
     from papers.margin_mse.model import build_student, load_encoder
 
-    run = start(cfg, paper=PAPER)
+    run = start(cfg, paper=PAPER, find_unused_parameters=True)  # unused student heads stay in the module
     log = (lambda m: print(m, flush=True)) if run.is_main else (lambda m: None)
     t_all = time.time()
     tri, queries, corpus = load_training(cfg, tables)

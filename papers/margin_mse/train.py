@@ -88,9 +88,14 @@ def train_student(cfg: Config, run, bench, teacher: dict | None):
     model, opt = run.accelerator.prepare(model, opt)
     inner = run.accelerator.unwrap_model(model)
     nq = bench.train_lists.shape[0]
-    # the epoch order is a function of the seed alone, so a resumed run continues the same sequence
-    b = run.per_device_batch
-    per_epoch = math.ceil(nq / b)  # the last batch of an epoch may be smaller: every query once per epoch
+    # The epoch order is a function of the seed alone, so a resumed run continues the same sequence. One optimizer
+    # step takes the next global_batch queries of it (wrapping inside the epoch for the last step, so every query is
+    # seen at least once per epoch); process r's micro-batch m is the (r * accum + m)-th slice of per_device_batch
+    # of them. Every process trains on its own queries, and the result does not depend on how the global batch is
+    # spread over processes and micro-batches of the same size (tested).
+    gb, b, accum = cfg.global_batch, run.per_device_batch, run.grad_accum
+    rank = run.accelerator.process_index
+    per_epoch = math.ceil(nq / gb)
     orders = [torch.randperm(nq, generator=torch.Generator().manual_seed(cfg.seed * 1000 + ep))
               for ep in range(cfg.steps // per_epoch + 1)]  # fmt: skip
     t_train = teacher["train"] if teacher is not None else None
@@ -99,23 +104,27 @@ def train_student(cfg: Config, run, bench, teacher: dict | None):
     while step < cfg.steps:
         model.train()
         ep, j = divmod(step, per_epoch)
-        qi = orders[ep][j * b : (j + 1) * b].numpy()
-        lists = bench.train_lists[qi]
-        k1 = lists.shape[1]
-        q = [bench.train_queries[i] for i in qi for _ in range(k1)]
-        d = [bench.passages[p] for p in lists.reshape(-1)]
-        with run.accelerator.accumulate(model):
-            s = model(q, d).view(len(qi), k1)
-            t = t_train[qi].to(s.device) if t_train is not None else None
-            loss = training_loss(cfg, s, t)
-            run.accelerator.backward(loss)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+        batch = orders[ep][(j * gb + torch.arange(gb)) % nq]
+        losses = []
+        for m in range(accum):
+            qi = batch[(rank * accum + m) * b : (rank * accum + m + 1) * b].numpy()
+            lists = bench.train_lists[qi]
+            k1 = lists.shape[1]
+            q = [bench.train_queries[i] for i in qi for _ in range(k1)]
+            d = [bench.passages[p] for p in lists.reshape(-1)]
+            with run.accelerator.accumulate(model):  # DDP reduces on the last micro-batch; loss / accum
+                s = model(q, d).view(len(qi), k1)
+                t = t_train[qi].to(s.device) if t_train is not None else None
+                loss = training_loss(cfg, s, t)
+                run.accelerator.backward(loss)
+            losses.append(loss.item())
+        opt.step()  # one optimizer step per global batch
+        sched.step()
+        opt.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            run.log(step, loss=loss.item(), lr=sched.get_last_lr()[0])
+            run.log(step, loss=sum(losses) / len(losses), lr=sched.get_last_lr()[0])
         if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
             ckpt.save(step, {"model": inner, "opt": opt, "sched": sched, "gen": gen})
     bar.close()
@@ -255,7 +264,7 @@ def run_embedded(cfg: Config, bench=None, teachers: list[dict] | None = None, wr
     bench = bench if bench is not None else build_embedded(cfg)
     if cfg.steps == 0:
         cfg = finalize(cfg, bench)
-    run = start(cfg, paper=PAPER)
+    run = start(cfg, paper=PAPER, find_unused_parameters=True)  # unused student heads stay in the module
     log = (lambda m: print(m, flush=True)) if run.is_main else (lambda m: None)
     cache = Path(cfg.out_dir) / PAPER / cfg.preset / "shared"
     n_t = 1 if cfg.teacher == "T1" else cfg.n_teachers
