@@ -7,9 +7,11 @@ data such as the data-loader position. Files are written to a temporary name and
 so a kill leaves either the old or the new checkpoint, never half of one. Loading goes through the CPU first.
 
 Accelerate's ``save_state`` writes a folder of files non-atomically and does not record the data position, which is
-why this small module exists.
-
-Left out: sharded (FSDP) checkpoints; at full scale use accelerate's ``save_state`` with FSDP's state-dict config.
+why this small module exists. Sharded training (FSDP through Accelerate) is the exception: there a checkpoint is a
+folder ``ckpt-<step>/`` written by every rank through ``accelerator.save_state`` (the sharded model and optimizer
+states, in the state-dict type of the accelerate FSDP config) into a temporary folder that the main process renames
+once all ranks are done, plus ``meta.pt`` with the step, caller data and, per rank, the objects accelerate does not
+manage (EMA copies, unprepared schedulers, torch.Generator objects). Resuming calls ``accelerator.load_state``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,17 @@ import numpy as np
 import torch
 
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+_DIR_NAME = re.compile(r"^ckpt-(\d+)$")
+META = "meta.pt"
+
+
+def is_sharded(accelerator) -> bool:
+    """True when the accelerator shards parameters (FSDP): checkpoints then go through accelerate's save_state."""
+    if accelerator is None:
+        return False
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
 
 
 class CheckpointError(RuntimeError):
@@ -104,10 +117,13 @@ def _load_into(obj, state, accelerator) -> None:
 class Checkpointer:
     """Save, rotate and resume the training state in ``directory``."""
 
-    def __init__(self, directory, keep: int = 2, accelerator=None):
+    def __init__(self, directory, keep: int = 2, accelerator=None, sharded: bool | None = None):
         self.dir = Path(directory)
         self.keep = keep
         self.accelerator = accelerator
+        self.sharded = is_sharded(accelerator) if sharded is None else sharded
+        if self.sharded and accelerator is None:
+            raise ValueError("sharded checkpoints need the accelerator that prepared the models")
         self._prior_time_s, self._since = 0.0, time.monotonic()
 
     def train_time_s(self) -> float:
@@ -126,7 +142,14 @@ class Checkpointer:
     def all(self) -> list[Path]:
         if not self.dir.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _NAME.match(p.name))]
+        if self.sharded:  # complete folders only: meta.pt is written last, just before the rename
+            found = [
+                (int(m.group(1)), p)
+                for p in self.dir.iterdir()
+                if (m := _DIR_NAME.match(p.name)) and (p / META).is_file()
+            ]
+        else:
+            found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _NAME.match(p.name))]
         return [p for _, p in sorted(found)]
 
     def latest(self) -> Path | None:
@@ -141,8 +164,51 @@ class Checkpointer:
             return states
         return [rng_state()]
 
+    def _managed(self, obj) -> bool:
+        """Objects accelerate's save_state already writes (prepared models, optimizers, schedulers)."""
+        acc = self.accelerator
+        registered = [*acc._models, *acc._optimizers, *acc._schedulers, *getattr(acc, "_custom_objects", [])]
+        return any(
+            obj is r or getattr(r, "optimizer", None) is obj or getattr(r, "scheduler", None) is obj for r in registered
+        )
+
+    def _save_sharded(self, step, objects, extra) -> Path:
+        acc = self.accelerator
+        final, tmp = self.dir / f"ckpt-{step:08d}", self.dir / f".ckpt-{step:08d}.tmp"
+        if acc.is_main_process:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))  # every rank writes its shards
+        own = {k: _state_of(v, acc) for k, v in objects.items() if not self._managed(v)}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            per_rank = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(per_rank, own)
+        else:
+            per_rank = [own]
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            meta = {
+                "step": step,
+                "world_size": self._world,
+                "objects_per_rank": per_rank,
+                "extra": extra or {},
+                "train_time_s": self.train_time_s(),
+            }
+            atomic_torch_save(meta, tmp / META)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in self.all()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
     def save(self, step: int, objects: dict[str, Any], extra: dict | None = None) -> Path | None:
         """Write the state of ``objects`` at ``step`` (main process only) and drop the oldest beyond ``keep``."""
+        if self.sharded:
+            return self._save_sharded(step, objects, extra)
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
         payload = {
@@ -181,6 +247,8 @@ class Checkpointer:
         found = self.all()
         if not found:
             return 0, {}
+        if self.sharded:
+            return self._resume_sharded(found[-1], objects)
         bad = []
         for path in reversed(found):
             try:
@@ -208,6 +276,25 @@ class Checkpointer:
         set_rng_state(payload["rng"][rank])
         self._prior_time_s, self._since = payload.get("train_time_s", 0.0), time.monotonic()
         return payload["step"], payload["extra"]
+
+    def _resume_sharded(self, path: Path, objects: dict[str, Any]) -> tuple[int, dict]:
+        acc = self.accelerator
+        meta = torch.load(path / META, map_location="cpu", weights_only=False)
+        if meta["world_size"] != self._world:
+            raise CheckpointError(
+                f"{path} was written by {meta['world_size']} processes but this run has {self._world}; sharded "
+                "checkpoints resume with the same number of processes (or start a new run folder)"
+            )
+        acc.load_state(str(path))  # models, optimizers, schedulers and RNG states, per rank
+        own = meta["objects_per_rank"][acc.process_index]
+        missing = {k for k, v in objects.items() if not self._managed(v)} - set(own)
+        if missing:
+            raise CheckpointError(f"{path} has no state for {sorted(missing)}; it belongs to a different configuration")
+        for name, obj in objects.items():
+            if name in own:
+                _load_into(obj, own[name], acc)
+        self._prior_time_s, self._since = meta.get("train_time_s", 0.0), time.monotonic()
+        return meta["step"], meta["extra"]
 
 
 @contextlib.contextmanager

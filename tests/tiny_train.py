@@ -6,7 +6,8 @@
 It exercises everything a paper's train.py uses: config CLI, Accelerator with gradient accumulation, a data stream
 whose position is checkpointed, dropout (global RNG), AdamW, an LR schedule, an EMA copy and rotating checkpoints.
 The environment variable TINY_CRASH_AFTER=N ends the process abruptly (os._exit) after N steps of this invocation,
-like a kill, without changing the command.
+like a kill, without changing the command. TINY_SHARDED=1 writes checkpoints through accelerate's save_state (the
+path FSDP runs take); TINY_FSDP=1 also wraps the model with FSDP through accelerate.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def batch_for(generator: torch.Generator, n: int):
 
 def main(argv=None):
     cfg = parse_cli(Config, PRESETS, argv, __doc__)
+    if os.environ.get("TINY_FSDP") == "1":
+        os.environ.setdefault("ACCELERATE_USE_FSDP", "true")
     run = start(cfg, paper="tiny")
     acc = run.accelerator
     model = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Dropout(0.1), nn.Linear(32, 1))
@@ -47,7 +50,8 @@ def main(argv=None):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + 0.05 * s))
     data_gen = torch.Generator().manual_seed(cfg.seed + 1000 * acc.process_index)
     model, opt = acc.prepare(model, opt)
-    ckpt = Checkpointer(run.dir / "checkpoints", keep=cfg.keep_ckpts, accelerator=acc)
+    sharded = True if os.environ.get("TINY_SHARDED") == "1" else None
+    ckpt = Checkpointer(run.dir / "checkpoints", keep=cfg.keep_ckpts, accelerator=acc, sharded=sharded)
     objects = {"model": model, "ema": ema, "opt": opt, "sched": sched, "data": data_gen}
     start_step, _ = ckpt.resume(objects)
     crash_after = int(os.environ.get("TINY_CRASH_AFTER", "0"))
