@@ -44,6 +44,18 @@ def test_official_parameter_names_and_bottleneck():
     assert net.feature_channels == 768  # DMD2's GAN head width on ImageNet (App. F.1)
 
 
+def test_mid_tap_is_the_encoder_output_and_can_stop_early():
+    torch.manual_seed(0)
+    net = build_edm_net("tiny-adm").eval()
+    x, s, c = torch.randn(2, 3, 16, 16), torch.tensor([1.0, 3.0]), torch.tensor([1, 2])
+    p = net(x, s, c, taps=("mid",), pred=True)
+    assert p.features["mid"].shape == (2, 64, 8, 8) and p.x0.shape == x.shape
+    torch.testing.assert_close(p.eps, (x - p.x0) / s.view(-1, 1, 1, 1))
+    q = net(x, s, c, taps=("mid",), pred=True, stop_after_taps=True)
+    assert q.x0 is None
+    torch.testing.assert_close(q.features["mid"], p.features["mid"])
+
+
 @pytest.mark.parametrize("name", ["tiny-adm", "tiny-ddpmpp", "tiny-ncsnpp"])
 def test_tiny_networks_forward_backward(name):
     torch.manual_seed(0)
@@ -111,7 +123,8 @@ def write_official_format_pickle(net: EDMDenoiser, path, monkeypatch, extra=None
         def reducer_override(self, obj):
             if not isinstance(obj, torch.nn.Module):
                 return NotImplemented
-            state = {k: v for k, v in obj.__dict__.items() if k != "cfg"}
+            state = {k: v for k, v in obj.__dict__.items() if k not in ("cfg", "taps")}
+            state["_forward_hooks"] = collections.OrderedDict()  # our feature taps; EDM's pickles have no hooks
             if obj is net:
                 state.update(use_fp16=False, sigma_min=0, sigma_max=float("inf"))
                 state["_init_kwargs"] = EasyDict(

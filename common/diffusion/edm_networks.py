@@ -8,9 +8,9 @@ The official definitions are in NVlabs/edm `training/networks.py`. No maintained
 port. Module and parameter names follow the official ones, so a state dict of the official network loads
 here unchanged (`common.diffusion.edm_convert` turns the official pickles into such state dicts).
 
-`EDMDenoiser` adapts the network to this repository's denoiser API: `net(x, sigma, cond, return_features)`
-returns x0, and the features are the encoder output (the 8x8 bottleneck of the ImageNet ADM, 768 channels),
-the map DMD2's official fork hands to its GAN head.
+`EDMPrecond` (alias `EDMDenoiser`) has this repository's denoiser API (`common.diffusion.denoisers.Denoiser`): x0 from
+`net(x, sigma, cond)`, and the feature tap `mid` is the encoder output (the 8x8 bottleneck of the ImageNet ADM, 768
+channels), the map DMD2's official fork hands to its GAN head.
 Left out: the VP / VE / iDDPM preconditioners (the paper teachers use EDM's), the fp16 switch (use autocast;
 DMD2 runs the ImageNet network in bf16).
 """
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.diffusion.denoisers import edm_precond_coeffs
+from common.diffusion.denoisers import Denoiser, FeatureTaps, edm_precond_coeffs
 from common.diffusion.schedules import bcast
 
 __all__ = ["EDMNetConfig", "SongUNet", "DhariwalUNet", "EDMPrecond", "EDMDenoiser", "build_edm_net", "PRESET_CONFIGS"]
@@ -349,7 +349,7 @@ class SongUNet(nn.Module):
             emb = emb + self.map_augment(augment_labels)
         return F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
 
-    def forward(self, x, noise_labels, class_labels=None, augment_labels=None, return_features=False):
+    def forward(self, x, noise_labels, class_labels=None, augment_labels=None):
         emb = self._embed(noise_labels, class_labels, augment_labels)
         skips, aux = [], x
         for name, m in self.enc.items():
@@ -362,7 +362,6 @@ class SongUNet(nn.Module):
             else:
                 x = m(x, emb) if isinstance(m, UNetBlock) else m(x)
                 skips.append(x)
-        feats = x
         aux, tmp = None, None
         for name, m in self.dec.items():
             if "aux_up" in name:
@@ -376,7 +375,7 @@ class SongUNet(nn.Module):
                 if x.shape[1] != m.in_channels:
                     x = torch.cat([x, skips.pop()], dim=1)
                 x = m(x, emb)
-        return (aux, feats) if return_features else aux
+        return aux
 
 
 class DhariwalUNet(nn.Module):
@@ -439,7 +438,7 @@ class DhariwalUNet(nn.Module):
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, 3, **init_zero)
 
-    def forward(self, x, noise_labels, class_labels=None, augment_labels=None, return_features=False):
+    def forward(self, x, noise_labels, class_labels=None, augment_labels=None):
         emb = self.map_noise(noise_labels)
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
@@ -455,20 +454,24 @@ class DhariwalUNet(nn.Module):
         for m in self.enc.values():
             x = m(x, emb) if isinstance(m, UNetBlock) else m(x)
             skips.append(x)
-        feats = x
         for m in self.dec.values():
             if x.shape[1] != m.in_channels:
                 x = torch.cat([x, skips.pop()], dim=1)
             x = m(x, emb)
         x = self.out_conv(F.silu(self.out_norm(x)))
-        return (x, feats) if return_features else x
+        return x
 
 
 ARCHS = {"DhariwalUNet": DhariwalUNet, "SongUNet": SongUNet}
 
 
-class EDMPrecond(nn.Module):
-    """EDM preconditioning (Eq. 7) around a backbone: D(x, sigma) = c_skip x + c_out F(c_in x, ln(sigma)/4)."""
+class EDMPrecond(Denoiser):
+    """EDM preconditioning (Eq. 7) around a backbone: D(x, sigma) = c_skip x + c_out F(c_in x, ln(sigma)/4).
+
+    Called with the repository's denoiser API (common.diffusion.denoisers.Denoiser): `net(x, sigma, cond)` -> x0,
+    `net(x, sigma, cond, pred=True, taps=("mid",))` -> Prediction with the encoder output as tap `mid`. `cond` is a
+    class label (int tensor, one-hot internally) or a one-hot / soft label matrix.
+    """
 
     def __init__(self, cfg: EDMNetConfig):
         super().__init__()
@@ -484,6 +487,12 @@ class EDMPrecond(nn.Module):
             label_dim=cfg.label_dim,
             **cfg.model_kwargs,
         )
+        enc = list(self.model.enc.values())
+        self.taps = FeatureTaps({"mid": enc[-1]})  # the encoder output: DMD2's GAN-head input on ImageNet
+
+    @property
+    def feature_channels(self) -> int:
+        return list(self.model.enc.values())[-1].out_channels
 
     def _labels(self, class_labels, n, device):
         if not self.label_dim:
@@ -494,35 +503,15 @@ class EDMPrecond(nn.Module):
             return F.one_hot(class_labels.long(), self.label_dim).float()
         return class_labels.float().reshape(n, self.label_dim)
 
-    def forward(self, x, sigma, class_labels=None, augment_labels=None, return_features=False):
+    def _predict(self, x, sigma, cond, want_eps):
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
         c_skip, c_out, c_in, c_noise = edm_precond_coeffs(sigma, self.sigma_data)
-        out = self.model(
-            bcast(c_in, x) * x,
-            c_noise,
-            class_labels=self._labels(class_labels, x.shape[0], x.device),
-            augment_labels=augment_labels,
-            return_features=return_features,
-        )
-        f, feats = out if return_features else (out, None)
+        f = self.model(bcast(c_in, x) * x, c_noise, class_labels=self._labels(cond, x.shape[0], x.device))
         x0 = bcast(c_skip, x) * x.float() + bcast(c_out, x) * f.float()
-        return (x0, feats) if return_features else x0
+        return x0, ((x.float() - x0) / bcast(sigma, x) if want_eps else None)
 
 
-class EDMDenoiser(EDMPrecond):
-    """EDMPrecond with the repository's denoiser API `net(x, sigma, cond=None, return_features=False)`.
-
-    `cond` is a class label (int tensor, one-hot internally) or a one-hot / soft label matrix.
-    """
-
-    @property
-    def feature_channels(self) -> int:
-        kw = self.cfg.model_kwargs
-        default = (192, (1, 2, 3, 4)) if self.cfg.model_type == "DhariwalUNet" else (128, (1, 2, 2, 2))
-        return kw.get("model_channels", default[0]) * list(kw.get("channel_mult", default[1]))[-1]
-
-    def forward(self, x, sigma, cond=None, return_features=False):
-        return super().forward(x, sigma, class_labels=cond, return_features=return_features)
+EDMDenoiser = EDMPrecond  # the name the papers' builders use
 
 
 # The two paper teachers (EDM Table 7 / the official training presets) and tiny twins for tests.

@@ -196,20 +196,32 @@ def build_imagenet64(cfg):
     from common.diffusion.teachers import load_small_denoiser
 
     sd = cfg.sigma_data or 0.5
+    edm_kind = None
+    if cfg.teacher_path and Path(cfg.teacher_path, "config.json").is_file():
+        edm_kind = json.loads(Path(cfg.teacher_path, "config.json").read_text()).get("kind")
     if cfg.tiny_models:
         teacher = UNetDenoiser(tiny_imagenet_unet(cfg.resolution), sd)
-    elif Path(cfg.teacher_path, "config.json").is_file() and json.loads(
-        Path(cfg.teacher_path, "config.json").read_text()
-    ).get("kind"):
+    elif edm_kind == "edm":  # the paper's teacher: EDM's ADM pickle converted by common.diffusion.edm_convert
+        from common.diffusion.edm_convert import load_edm_net
+
+        teacher = load_edm_net(cfg.teacher_path, dropout=0.0)  # official code: dropout 0 for the trained copies
+    elif edm_kind:
         teacher = load_small_denoiser(cfg.teacher_path, expect={"kind": "unet"})
     elif cfg.teacher_path:
         teacher = UNetDenoiser(UNet2DModel.from_pretrained(cfg.teacher_path), sd)
     else:
-        raise ValueError("teacher_path: imagenet64 needs a diffusers-format EDM teacher folder (see the README)")
-    n_classes = teacher.unet.config.num_class_embeds
-    if teacher.unet.config.sample_size != cfg.resolution:
         raise ValueError(
-            f"teacher_path: teacher is {teacher.unet.config.sample_size}px, the preset needs {cfg.resolution}px"
+            "teacher_path: imagenet64 needs the EDM teacher converted by `python -m common.diffusion.edm_convert "
+            "edm-imagenet-64x64-cond-adm.pkl DIR` (or a diffusers UNet2DModel folder)"
+        )
+    edm = edm_kind == "edm"
+    res = teacher.img_resolution if edm else teacher.unet.config.sample_size
+    n_classes = teacher.label_dim if edm else teacher.unet.config.num_class_embeds
+    if res != cfg.resolution:
+        raise ValueError(f"teacher_path: teacher is {res}px, the preset needs {cfg.resolution}px")
+    if edm and cfg.gradient_checkpointing:
+        raise ValueError(
+            "gradient_checkpointing: not available for the EDM networks (the official run does not use it)"
         )
     generator = copy.deepcopy(teacher).train().requires_grad_(True)
     fake = copy.deepcopy(teacher).train().requires_grad_(True)
@@ -217,8 +229,11 @@ def build_imagenet64(cfg):
         for m in (generator, fake):
             m.unet.enable_gradient_checkpointing()
     if cfg.teacher_dtype == "bf16":
-        teacher.unet.to(torch.bfloat16)
-    mid = cfg.resolution // 2 ** (len(teacher.unet.config.block_out_channels) - 1)
+        teacher.to(torch.bfloat16)
+    if edm:
+        mid = cfg.resolution // 2 ** (len(teacher.cfg.model_kwargs.get("channel_mult", (1, 2, 3, 4))) - 1)
+    else:
+        mid = cfg.resolution // 2 ** (len(teacher.unet.config.block_out_channels) - 1)
     head = ConvGANHead(teacher.feature_channels, mid, groups=16 if cfg.tiny_models else 32)
     schedule = EDMSchedule(cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.num_levels, sd)
 

@@ -82,6 +82,13 @@ class DistillConfig(BaseConfig):
     fake_init_steps: int = cfg_field(
         300, "toy: steps regressing the fake score onto the teacher ('copy of teacher')", min=0
     )
+    fake_init_cover: float = cfg_field(
+        0.0,
+        "toy: fraction of the copy-of-teacher regression inputs drawn around the origin (N(0, radius^2)) instead of "
+        "the data, so the copy also agrees with the teacher where multi-step rollouts go",
+        min=0.0,
+        max=1.0,
+    )
     width: int = cfg_field(128, "toy: MLP width of generator and fake score", min=8)
     depth: int = cfg_field(3, "toy: MLP hidden layers", min=1)
     # --- image data / models ---
@@ -246,15 +253,23 @@ def _student_steps(cfg, schedule) -> list[int]:
     return list(cfg.student_steps) if cfg.student_steps else [schedule.max_index()]
 
 
-def regress_onto_teacher(net, teacher, mixture, schedule, steps, batch, seed):
+def regress_onto_teacher(net, teacher, mixture, schedule, steps, batch, seed, cover=0.0, cover_std=1.0):
     """'Copy of the teacher' for an analytic teacher: regress the VE net(x, sigma) onto the teacher's VE denoiser
-    over the schedule's grid (VP levels as their VE equivalent sigma / alpha)."""
+    over the schedule's grid (VP levels as their VE equivalent sigma / alpha).
+
+    DMD2 starts the generator and the fake score as exact copies of the teacher network, which agree with it at every
+    input. A regression copy agrees only where it was fitted: on noised data alone it is wrong away from the data,
+    which is where a multi-step student's intermediate inputs lie (re-noised blurry early outputs near the centre).
+    A fraction `cover` of the regression inputs therefore starts from N(0, cover_std^2 I) instead of the data."""
     if steps == 0:
         return
     g = torch.Generator().manual_seed(10_000 + seed)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     for _ in range(steps):
         x0 = mixture.sample(batch, g)
+        if cover > 0:
+            wide = torch.rand(batch, generator=g) < cover
+            x0 = torch.where(wide[:, None], cover_std * torch.randn(x0.shape, generator=g).to(x0), x0)
         idx = schedule.sample_index(batch, generator=g)
         a, s = schedule.alpha_sigma(idx)
         s = s / a
@@ -318,7 +333,17 @@ def build_toy(cfg, progress=None) -> Setup:
         ve_teacher = AnalyticTeacher(teacher_mix, num_classes=nc)
 
     fake = MLPDenoiser(2, cfg.width, cfg.depth, sd, num_classes=nc)
-    regress_onto_teacher(fake, ve_teacher, teacher_mix, schedule, cfg.fake_init_steps, cfg.global_batch, cfg.seed)
+    regress_onto_teacher(
+        fake,
+        ve_teacher,
+        teacher_mix,
+        schedule,
+        cfg.fake_init_steps,
+        cfg.global_batch,
+        cfg.seed,
+        cover=cfg.fake_init_cover,
+        cover_std=cfg.radius,
+    )
     generator = copy.deepcopy(fake)
     head = MLPGANHead(fake.feature_dim, cfg.width)
     teacher = ve_teacher
@@ -499,6 +524,30 @@ def init_weights_from(net: nn.Module, source: str, key: str = "generator") -> st
     return str(p)
 
 
+def init_critic_from(S: Setup, source: str) -> list[str]:
+    """The fake score (and the GAN head, when the earlier run had one) from a run folder's or a checkpoint file's
+    latest checkpoint, with the generator: DMD2's --ckpt_only_path continuation (ImageNet 1.28 row, SD1.5 stage 2)
+    starts both networks from the earlier stage. Sources without a checkpoint (a student export, a weights file)
+    leave the fake score as the teacher copy. Returns the names loaded."""
+    from pathlib import Path
+
+    p = Path(source)
+    if p.is_dir():
+        ckpts = sorted((p / "checkpoints").glob("ckpt-*.pt")) if (p / "checkpoints").is_dir() else []
+        if not ckpts:
+            return []
+        p = ckpts[-1]
+    if p.suffix != ".pt":
+        return []
+    objects = torch.load(p, map_location="cpu", weights_only=False).get("objects", {})
+    loaded = []
+    for name, module in (("fake", S.fake), ("head", S.head)):
+        if name in objects and module is not None:
+            module.load_state_dict(objects[name], strict=True)
+            loaded.append(name)
+    return loaded
+
+
 def build(cfg, progress=None) -> Setup:
     if cfg.task == "toy2d":
         S = build_toy(cfg, progress)
@@ -510,4 +559,5 @@ def build(cfg, progress=None) -> Setup:
         S = t2i.build(cfg)
     if cfg.init_from:
         S.extra["init_from"] = init_weights_from(S.generator, cfg.init_from)
+        S.extra["init_from_critic"] = init_critic_from(S, cfg.init_from)
     return S

@@ -20,7 +20,9 @@ of a micro-batch (data, noise, noise levels, student step k) comes from a genera
 global micro-batch index), so a run's parameters depend on the micro-batch size but not on how the micro-batches are
 spread over processes: 2 processes x 2 micro-batches end where 1 process x 4 micro-batches ends (tested).
 
-Left out: FSDP.
+FSDP: with an accelerate FSDP config the loop calls the wrapped generator, checkpoints go through accelerate's
+sharded save_state (common.checkpoint) and the best generator is gathered with get_state_dict; EMA copies are
+refused. Accelerate runs FSDP on GPUs only, so only the checkpoint path is tested here (on CPU, through DDP).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import Checkpointer, atomic_torch_save
+from common.checkpoint import Checkpointer, atomic_torch_save, is_sharded
 from common.diffusion.losses import gen_turn
 
 __all__ = ["OptimSettings", "make_ema", "make_optimizers", "check_finite", "micro_generator", "train_loop"]
@@ -104,6 +106,11 @@ def _mean_logs(logs: list[dict]) -> dict:
     return {k: sum(d[k] for d in logs if k in d) / sum(1 for d in logs if k in d) for k in keys}
 
 
+def generator_state(acc, G, sharded: bool) -> dict:
+    """The generator's full state dict; under FSDP gathered from the shards by accelerate (a collective call)."""
+    return acc.get_state_dict(G) if sharded else acc.unwrap_model(G).state_dict()
+
+
 def check_finite(name, value, step):
     if not math.isfinite(value):
         raise FloatingPointError(
@@ -158,7 +165,11 @@ def train_loop(
     else:
         G, fake, opt_g, opt_c = acc.prepare(step.G, step.fake, opt_g, opt_c)
         head = None
-    G_raw = acc.unwrap_model(G)
+    sharded = is_sharded(acc)  # FSDP through an accelerate config (DMD2's SDXL runs: hybrid sharding)
+    if sharded and o.ema_rates:
+        raise ValueError("ema_rates: EMA copies are not kept under FSDP (the official SDXL runs keep none)")
+    # sharded parameters only exist inside the FSDP wrapper: rollouts and evaluations call the wrapped module there
+    G_raw = G if sharded else acc.unwrap_model(G)
     step.G, step.fake, step.head = G_raw, fake, head
     step.reduce_mean = lambda t: acc.reduce(t, reduction="mean")
     ema = make_ema(G_raw, o.ema_rates)
@@ -237,8 +248,9 @@ def train_loop(
             logs["val_score"] = score
             if state["best"] is None or score < state["best"]["score"]:
                 state["best"] = {"score": score, "gen_step": gen_step}
+                best_state = generator_state(acc, G, sharded)  # every rank: a collective call under FSDP
                 if run.is_main:
-                    atomic_torch_save(G_raw.state_dict(), run.path("best_generator.pt"))
+                    atomic_torch_save(best_state, run.path("best_generator.pt"))
         if it % log_every == 0 or it == steps - 1:
             run.log(it, gen_step=gen_step, **logs)
         if ckpt_every and (it + 1) % ckpt_every == 0 and it + 1 < steps:

@@ -12,7 +12,8 @@
    multiplier x |grad DM| / |grad GAN|, measured once) and the sweep over the multiplier {0.3, 1, 3} is reported
    in full. The teacher's own distance is measured on its ODE samples.
 3. Backward simulation (§4.5, Table 4): a 4-step student on grid indices [999, 749, 499, 249]; intermediate
-   training inputs from the student's own no-grad rollout vs forward-noised real samples.
+   training inputs from the student's own no-grad rollout vs forward-noised real samples; a 1-step student with the
+   same budget and initialisation as the reference.
 Every variant of a claim has the same iterations, batch, learning rates and seeds. A run whose record exists is
 skipped, so the command resumes.
 """
@@ -64,6 +65,7 @@ CLAIMS = {
         {
             "4-step backward-sim": {"multistep_input": "backward"},
             "4-step forward-real": {"multistep_input": "forward_real"},
+            "1-step (same budget)": {"student_steps": "999"},
         },
     ),
 }
@@ -80,6 +82,10 @@ CLAIM_SETS = {
     },
     3: {
         "student_steps": "999,749,499,249",
+        # the generator starts as a copy of the teacher: the regression copy must also agree with the teacher where
+        # the 4-step rollouts go (re-noised early outputs near the ring's centre), not only on noised data
+        "fake_init_steps": "1000",
+        "fake_init_cover": "0.5",
         "gan": "false",
         "ttur_ratio": "5",
         "steps": str(GEN_STEPS * 5),
