@@ -326,7 +326,8 @@ def test_claims_gates_on_smoke(tmp_path):
     assert {"gate-disjoint-seed0", "gate-teacher-seed0", "gate-resolution-seed0"} <= names
 
 
-def test_coco_smoke_on_a_karpathy_fixture(tmp_path):
+@pytest.mark.parametrize("preset", ["coco-smoke", "flickr30k-smoke"])
+def test_fullscale_smoke_on_a_karpathy_fixture(tmp_path, preset):
     from PIL import Image
 
     from papers.cprd.train import main
@@ -341,7 +342,7 @@ def test_coco_smoke_on_a_karpathy_fixture(tmp_path):
         entries[split].append({"filename": name, "split": split, "sentences": [{"raw": c} for c in S.captions(s)]})
     f = tmp_path / "dataset_coco.json"
     f.write_text(json.dumps({"images": entries["train"] + entries["val"] + entries["test"]}))
-    m = main(_smoke_args(tmp_path, "coco-smoke", f"karpathy_json={f}", f"image_root={tmp_path}", "global_batch=8",
+    m = main(_smoke_args(tmp_path, preset, f"karpathy_json={f}", f"image_root={tmp_path}", "global_batch=8",
                          "eval_teacher=true"))  # fmt: skip
     assert math.isfinite(m["TR@1"]) and math.isfinite(m["IR@5"])
 
