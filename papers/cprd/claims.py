@@ -209,7 +209,8 @@ def main(argv=None) -> None:
     elif not gate_disjoint(base):
         print("verdict: untestable: gate-disjoint failed")
         return
-    methods = ["no_kd"] + [m for m in args.methods if m != "no_kd"]
+    # the labels-only student runs first: its seed-0 run provides the gates (a waiting worker runs what it is given)
+    methods = list(args.methods) if args.wait_for_gates else ["no_kd"] + [m for m in args.methods if m != "no_kd"]
     for seed in args.seeds:
         for method in methods:
             cfg = override(base, [f"seed={seed}", f"method={method}"])
