@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -217,6 +218,10 @@ def main(argv=None) -> None:
             gate_run = seed == args.seeds[0] and method == "no_kd" and not args.wait_for_gates
             if gate_run:
                 cfg = override(cfg, ["eval_teacher=true"])
+            rec = Path(cfg.results_dir) / PAPER / cfg.preset / f"{method}-seed{seed}.json"
+            if rec.is_file() and not gate_run:  # already recorded (e.g. by another worker)
+                print(f"=== {method} seed {seed}: recorded, skipped", flush=True)
+                continue
             print(f"=== {method} seed {seed} ({time.time() - t0:.0f}s)", flush=True)
             metrics = run_shapes(cfg)
             if gate_run:
