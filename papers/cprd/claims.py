@@ -176,7 +176,8 @@ def report(preset: str, results_dir: str) -> str:
     teach = [r["extra"]["teacher"] for r in runs if "teacher" in r.get("extra", {})]
     if teach:
         t = teach[0]
-        lines.append("| teacher (re-ranks the no_kd student's top-k) | 1 | " + " | ".join(
+        t = {**t, "comp_acc": next(r["extra"]["teacher_comp"]["comp_acc"] for r in runs if "teacher" in r["extra"])}
+        lines.append("| teacher (re-ranks the no_kd student's top-16) | 1 | " + " | ".join(
             f"{t[c]:.1f}" if c in t else "—" for c in cols) + " |")  # fmt: skip
     lines += ["", "| difference (within seed) | n | " + " | ".join(cols[:6]) + " |", "|---|---|" + "---|" * 6]
     for r in sorted((r for r in recs if r["method"].startswith("paired-")), key=lambda r: r["method"]):
