@@ -85,6 +85,8 @@ class TwoTower(nn.Module):
         super().__init__()
         if text_pooling not in ("cls", "mean"):
             raise ValueError(f"text_pooling: {text_pooling!r} not in ('cls', 'mean')")
+        if getattr(text_tower, "pooler", None) is not None:  # unused (we pool ourselves); DDP rejects unused params
+            text_tower.pooler = None
         self.image_tower, self.text_tower, self.tokenizer = image_tower, text_tower, tokenizer
         self.text_proj = nn.Linear(text_tower.config.hidden_size, embed_dim)
         self.max_text_len, self.text_pooling = max_text_len, text_pooling

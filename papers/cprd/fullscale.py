@@ -159,7 +159,7 @@ class _Batch:
 
 
 def main_fullscale(cfg: Config) -> dict:
-    from papers.cprd.train import _write_fullscale_record, teacher_rerank, train_student
+    from papers.cprd.train import train_student
 
     torch.set_num_threads(cfg.num_threads)
     run = start(cfg, paper=PAPER)
@@ -182,41 +182,46 @@ def main_fullscale(cfg: Config) -> dict:
     mcfg = cfg if cfg.delta is not None or cfg.validity != "threshold" else _calibrated(cfg, test, teacher, tf, log)
     model, train_s, train_diag = train_student(mcfg, run, src, student, log)
     metrics: dict = {}
-    grad_before = torch.is_grad_enabled()
     if run.is_main:
-        torch.set_grad_enabled(False)  # evaluation only; restored below so callers (and tests) keep autograd
-        caps, owner = flatten(test, captions_per_image=5)
-        pil = [open_image(im.image, cfg.image_root) for im in test]
-        t0 = time.perf_counter()
         with torch.no_grad():
-            v = torch.cat([model.encode_image(tf.student(pil[i : i + 256])).cpu() for i in range(0, len(pil), 256)])
-            t = torch.cat([model.encode_text(caps[i : i + 1024]).cpu() for i in range(0, len(caps), 1024)])
-        sim = v.float() @ t.float().T
-        metrics = image_text_recall(sim, owner)
-        metrics["student_queries_per_s"] = (len(pil) + len(caps)) / (time.perf_counter() - t0)
-        pixels = tf.teacher(pil)
-        na = min(cfg.corr_anchors, len(pil))
-        k = min(cfg.rerank_k, sim.shape[1])
-        top = torch.sort(-sim[:na], dim=1, stable=True).indices[:, :k]
-        tsc = teacher.score_pairs(teacher.image_tokens(pixels[:na]), teacher.tokenize(caps),
-                                  torch.arange(na).repeat_interleave(k), top.reshape(-1)).view(na, k)  # fmt: skip
-        metrics.update({f"topk_{n}": x for n, x in rank_correlations(torch.gather(sim[:na], 1, top), tsc).items()})
-        # score distributions over the student's top-k candidates (mostly hard negatives)
-        metrics.update({f"teacher_topk_{n}": x for n, x in distribution_stats(tsc).items()})
-        metrics.update({f"student_topk_{n}": x for n, x in distribution_stats(torch.gather(sim[:na], 1, top)).items()})
-        extra = {"train_pairs_scored_by_teacher": src.n_pairs_scored}
-        if cfg.eval_teacher:
-            tr, ir, secs, pairs = teacher_rerank(teacher, sim, pixels, caps, cfg.rerank_k)
-            mt, mi = image_text_recall(tr, owner), image_text_recall(ir, owner)
-            extra["teacher"] = {**{a: b for a, b in mt.items() if a.startswith("TR")},
-                                **{a: b for a, b in mi.items() if a.startswith("IR")}}  # fmt: skip
-            metrics["teacher_rerank_pairs_per_s"] = pairs / secs
-        metrics.update(train_diag)
-        metrics["tau"] = float(model.tau)
-        _write_fullscale_record(cfg, metrics, extra, train_s, time.time() - t_all, len(test))
-        log(f"{cfg.method}: " + ", ".join(f"{a} {metrics[a]:.2f}" for a in ("TR@1", "IR@1")))
-    torch.set_grad_enabled(grad_before)
+            metrics = _evaluate(cfg, model, teacher, tf, test, src, train_diag, train_s, t_all, log)
     run.finish()
+    return metrics
+
+
+def _evaluate(cfg, model, teacher, tf, test, src, train_diag, train_s, t_all, log) -> dict:
+    from papers.cprd.train import _write_fullscale_record, teacher_rerank
+
+    caps, owner = flatten(test, captions_per_image=5)
+    pil = [open_image(im.image, cfg.image_root) for im in test]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        v = torch.cat([model.encode_image(tf.student(pil[i : i + 256])).cpu() for i in range(0, len(pil), 256)])
+        t = torch.cat([model.encode_text(caps[i : i + 1024]).cpu() for i in range(0, len(caps), 1024)])
+    sim = v.float() @ t.float().T
+    metrics = image_text_recall(sim, owner)
+    metrics["student_queries_per_s"] = (len(pil) + len(caps)) / (time.perf_counter() - t0)
+    pixels = tf.teacher(pil)
+    na = min(cfg.corr_anchors, len(pil))
+    k = min(cfg.rerank_k, sim.shape[1])
+    top = torch.sort(-sim[:na], dim=1, stable=True).indices[:, :k]
+    tsc = teacher.score_pairs(teacher.image_tokens(pixels[:na]), teacher.tokenize(caps),
+                              torch.arange(na).repeat_interleave(k), top.reshape(-1)).view(na, k)  # fmt: skip
+    metrics.update({f"topk_{n}": x for n, x in rank_correlations(torch.gather(sim[:na], 1, top), tsc).items()})
+    # score distributions over the student's top-k candidates (mostly hard negatives)
+    metrics.update({f"teacher_topk_{n}": x for n, x in distribution_stats(tsc).items()})
+    metrics.update({f"student_topk_{n}": x for n, x in distribution_stats(torch.gather(sim[:na], 1, top)).items()})
+    extra = {"train_pairs_scored_by_teacher": src.n_pairs_scored}
+    if cfg.eval_teacher:
+        tr, ir, secs, pairs = teacher_rerank(teacher, sim, pixels, caps, cfg.rerank_k)
+        mt, mi = image_text_recall(tr, owner), image_text_recall(ir, owner)
+        extra["teacher"] = {**{a: b for a, b in mt.items() if a.startswith("TR")},
+                            **{a: b for a, b in mi.items() if a.startswith("IR")}}  # fmt: skip
+        metrics["teacher_rerank_pairs_per_s"] = pairs / secs
+    metrics.update(train_diag)
+    metrics["tau"] = float(model.tau)
+    _write_fullscale_record(cfg, metrics, extra, train_s, time.time() - t_all, len(test))
+    log(f"{cfg.method}: " + ", ".join(f"{a} {metrics[a]:.2f}" for a in ("TR@1", "IR@1")))
     return metrics
 
 
