@@ -685,9 +685,9 @@ def test_paired_statistics():
     assert 0.5 < mdd(0.9, 5000, 5) < 1.0
 
 
-def test_arith_rare_smoke_stages_gates_block_then_grid(tmp_path):
+def test_arith_rare_smoke_stages_gates_block_then_grid_claim_summary(tmp_path, monkeypatch):
     """The redesigned experiment through its stages on the smoke twin: failed gates block the claim; with gates
-    recorded as passed, the grid writes one record per (method, LR)."""
+    recorded as passed, the grid picks an LR per method, seed 0 comes from its grid run, the summary has endpoints."""
     from papers.stat import experiment as ex
 
     common = ["--preset", "arith-rare-smoke", "--results-dir", f"{tmp_path}/raw", "--out-dir", f"{tmp_path}/runs"]
@@ -714,6 +714,15 @@ def test_arith_rare_smoke_stages_gates_block_then_grid(tmp_path):
     ex.main(["grid", *methods, "--lrs", "0.001", "0.003", *common])
     grid = sorted(p.name for p in (tmp_path / "raw/stat/arith-rare-smoke-lrgrid").glob("*.json"))
     assert len(grid) == 6 and all("@lr=" in g for g in grid)
+    monkeypatch.setattr(ex, "LR_GRID", (1e-3, 3e-3))
+    ex.main(["claim", *methods, "--seeds", "0", "1", *common])
+    rec0 = json.loads((raw / "stat_sel-seed0.json").read_text())
+    assert rec0["extra"]["from_lr_grid_run"] and "acc_test" in rec0["metrics"]
+    rec1 = json.loads((raw / "stat_sel_shuffled-seed1.json").read_text())
+    assert rec1["extra"]["train_set"]["eval_questions_in_train_set"] == 0 and rec1["extra"]["train_set"]["permutation"]
+    ex.main(["summary", *methods, *common])
+    text = (tmp_path / "runs/stat/arith-rare-smoke/claims_summary.md").read_text()
+    assert "stat_sel − sft (E1/E2) | profiled" in text and "unique questions" in text
 
 
 def test_math_smoke_math_d_is_defined_by_the_base_and_shared(tmp_path):
