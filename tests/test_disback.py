@@ -165,3 +165,16 @@ def test_claim_variants_share_the_budget():
     compute = comp["disback / toy2d claim: equal total compute (stage 1 counted)"]
     assert compute["disback"]["stage-1 cost (gen-step equivalents)"] == off
     assert compute["endpoint"]["stage-1 cost (gen-step equivalents)"] == 0
+
+
+@pytest.mark.parametrize("preset", ["ffhq64-smoke", "afhq64-smoke", "imagenet64-smoke"])
+def test_edm_presets_smoke_both_stages(tmp_path, preset):
+    _run(tmp_path, preset=preset, name=preset)
+    d = _dir(tmp_path, preset)
+    assert json.loads((d / "path" / "manifest.json").read_text())["complete"]
+    assert (d / "samples.png").is_file() and (d / "generator.safetensors").is_file()
+
+
+def test_edm_preset_without_teacher_names_the_converter(tmp_path):
+    p = _run(tmp_path, "tiny_models=false", preset="ffhq64-smoke", check=False)
+    assert p.returncode == 2 and "edm_convert" in p.stderr

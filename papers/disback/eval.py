@@ -48,7 +48,8 @@ class CurveProbe:
             self.feat = digits_feature_net()
             self.ref = S.extra["real_images"]
         else:
-            self.ref = None
+            self.ref = None  # full scale: no offline distance (FID needs Inception weights; see README)
+        self.enabled = self.ref is not None
 
     def distance(self, x) -> float:
         if self.cfg.task == "toy2d":
@@ -212,6 +213,18 @@ def evaluate(cfg, run, S, G, state, *, path=None, stage1_cost=None, train_wall_t
             "final": f"{cfg.eval_samples} samples vs fresh data; SWD 256 projections; MMD 2048; modes within 3 std",
             "teacher": "EDM Heun, 18 steps",
         }
+    if cfg.task in ("edm64", "sd") and run.is_main:  # full scale: a sample grid and the student's weights
+        from torchvision.utils import save_image
+
+        from papers.disback.model import save_weights
+
+        g = torch.Generator().manual_seed(TEST_SEED + cfg.seed)
+        n = min(64, cfg.eval_samples)
+        z = torch.randn((n, *S.noise_shape), generator=g).to(next(G.parameters()).device)
+        x = sample_generator(S, G, z, S.sample_cond(n, g))
+        save_image((x.clamp(-1, 1) + 1) / 2, run.path("samples.png"), nrow=8, padding=1)
+        save_weights(G, run.path("generator.safetensors"))
+        print(f"[disback] {cfg.preset}: samples.png and generator.safetensors in {run.dir}; FID: see README")
     cost = stage1_cost or {}
     timing = {
         "stage1_wall_s": cost.get("train_time_s", 0.0) or 0.0,

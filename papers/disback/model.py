@@ -159,7 +159,80 @@ def initial_generator(cfg, run_dir, make_default: Callable[[], nn.Module], templ
     return G.train().requires_grad_(True)
 
 
+# ------------------------------------------------------------------ EDM 64x64 (FFHQ, AFHQv2, ImageNet)
+
+
+class EDMPredict(nn.Module):
+    """An EDM paper network (common.diffusion.edm_networks) with the distillation step's call
+    `net(x_t, sigma, cond, pred=True) -> Prediction(x0, eps, {})`; eps = (x_t - x0) / sigma (VE, alpha = 1).
+    No feature taps: the Diff-Instruct base has no GAN head."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, t, cond=None, return_features=False, taps=(), pred=False, stop_after_taps=False):
+        if taps or return_features:
+            raise ValueError("EDMPredict has no feature taps; the GAN head needs a backbone with taps")
+        x0 = self.net(x, t, cond)
+        if not pred:
+            return x0
+        from common.diffusion.denoisers import Prediction
+        from common.diffusion.schedules import bcast
+
+        sigma = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+        return Prediction(x0, (x - x0) / bcast(sigma, x), {})
+
+
+def _tiny_edm(cfg):
+    """A tiny random EDM network of the preset's family (smoke twins): ADM class-conditional or DDPM++."""
+    from common.diffusion.edm_networks import EDMNetConfig, build_edm_net
+
+    kw = dict(model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0)
+    if cfg.edm_arch == "adm":
+        kw["model_channels"] = 32
+        return build_edm_net(EDMNetConfig("DhariwalUNet", cfg.resolution, 3, cfg.num_classes, 0.5, kw))
+    return build_edm_net(EDMNetConfig("SongUNet", cfg.resolution, 3, cfg.num_classes, 0.5, kw))
+
+
+def build_edm64(cfg, run_dir, progress=None) -> Setup:
+    """EDM teachers (FFHQ / AFHQv2 64 unconditional DDPM++, ImageNet 64 class-conditional ADM): a converted official
+    network from `teacher_path` (`python -m common.diffusion.edm_convert <pickle> <folder>`), or a tiny random one."""
+    from common.config import ConfigError
+    from common.diffusion.edm_convert import load_edm_net
+
+    if cfg.tiny_models:
+        net = _tiny_edm(cfg)
+    elif not cfg.teacher_path:
+        raise ConfigError(
+            "teacher_path: the EDM presets need a converted EDM network folder; make it with "
+            "`python -m common.diffusion.edm_convert edm-...-64x64-....pkl <folder>`"
+        )
+    else:
+        net = load_edm_net(cfg.teacher_path)
+    if net.label_dim != cfg.num_classes or net.img_resolution != cfg.resolution:
+        raise ConfigError(
+            f"teacher_path: {cfg.teacher_path} is a {net.img_resolution}px network with {net.label_dim} classes; "
+            f"the preset needs {cfg.resolution}px and num_classes={cfg.num_classes}"
+        )
+    teacher = freeze(EDMPredict(net))
+    schedule = EDMSchedule(cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.num_levels, 0.5)
+    k = cfg.num_classes
+    G = initial_generator(cfg, run_dir, _copy_of(teacher), _copy_of(teacher)())  # G^0 = the teacher (DI / DMD)
+    return Setup(
+        teacher=teacher,
+        generator=G,
+        make_net=_copy_of(teacher),
+        schedule=schedule,
+        noise_shape=(3, cfg.resolution, cfg.resolution),
+        sample_cond=(lambda n, g: torch.randint(k, (n,), generator=g)) if k else (lambda n, g: None),
+        student_steps=[schedule.max_index()],
+    )
+
+
 def build(cfg, run_dir, progress=None) -> Setup:
     if cfg.task == "toy2d":
         return build_toy(cfg, run_dir, progress)
+    if cfg.task == "edm64":
+        return build_edm64(cfg, run_dir, progress)
     raise NotImplementedError(f"task {cfg.task!r}")

@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
 
     probe = CurveProbe(cfg, S, dev)
     step.state["curve"] = []  # (generator step, distance) points, checkpointed with the trainer's state
-    if not (run.dir / "checkpoints").is_dir():
+    if probe.enabled and not (run.dir / "checkpoints").is_dir():
         step.state["curve"].append([0, probe(S.generator)])  # G^0, before any update
 
     def curve_point(G):
@@ -189,7 +189,7 @@ def main(argv=None) -> dict:
         ckpt_every=cfg.ckpt_every,
         keep_ckpts=cfg.keep_ckpts,
         log_every=cfg.log_every,
-        eval_every=cfg.curve_every,
+        eval_every=cfg.curve_every if probe.enabled else 0,
         score_fn=curve_point,
         desc="stage 2",
     )
