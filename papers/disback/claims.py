@@ -192,8 +192,9 @@ def comparisons(cfg, curves: dict) -> dict:
     return out
 
 
-def write_comparisons(cfg, comp, results_dir):
-    from common.results import make_record, write_record
+def write_comparisons(cfg, comp, results_dir, run_configs: dict):
+    """One record per (comparison, method) of this seed; its config is the run's own (from its run folder)."""
+    from common.results import make_record, record_path, write_record
 
     for bench, rows in comp.items():
         for method, metrics in rows.items():
@@ -212,9 +213,10 @@ def write_comparisons(cfg, comp, results_dir):
                     "threshold": cfg.threshold,
                     "stage 1": "stage1_steps / ttur_ratio generator-step equivalents at G0's distance",
                 },
-                config=_cfg(cfg.seed, **{k: _parse(v) for k, v in VARIANTS[method].items()}),
+                config=run_configs[method],
                 wall_time_s=0.0,
             )
+            record_path(rec, results_dir).unlink(missing_ok=True)  # derived data: rewritten from the curves
             write_record(rec, root=results_dir)
 
 
@@ -232,6 +234,12 @@ def load_curves(out_dir, seed, methods) -> dict:
             c = load_curve(d)
             got[m] = ([tuple(p) for p in c["curve"]], c["stage1_steps"])
     return got
+
+
+def run_configs(out_dir, seed, methods) -> dict:
+    return {
+        m: json.loads((Path(out_dir) / "disback" / _run_name(m, seed) / "config.json").read_text()) for m in methods
+    }
 
 
 def figures(cfg, per_seed: dict, fig_dir: Path = FIGURES) -> list[Path]:
@@ -328,6 +336,9 @@ def main(argv=None):
     PRESET = args.preset
     torch.set_num_threads(args.threads)
     methods = [m for m in VARIANTS if args.ablation or m != "endpoint, fake from s'_N"]
+    if args.summary:  # every seed with finished runs
+        methods = list(VARIANTS)
+        args.seeds = [s for s in range(100) if load_curves(args.out_dir, s, ["disback"])]
     for seed in args.seeds:
         cfg = _cfg(seed)
         if not args.summary:
@@ -343,7 +354,7 @@ def main(argv=None):
                 run_variant(m, seed, args.out_dir, args.results_dir, steps)
         curves = load_curves(args.out_dir, seed, methods)
         if "disback" in curves and "endpoint" in curves:
-            write_comparisons(cfg, comparisons(cfg, curves), args.results_dir)
+            write_comparisons(cfg, comparisons(cfg, curves), args.results_dir, run_configs(args.out_dir, seed, curves))
     per_seed = {}
     for seed in range(0, 100):
         c = load_curves(args.out_dir, seed, methods)
