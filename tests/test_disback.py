@@ -178,3 +178,39 @@ def test_edm_presets_smoke_both_stages(tmp_path, preset):
 def test_edm_preset_without_teacher_names_the_converter(tmp_path):
     p = _run(tmp_path, "tiny_models=false", preset="ffhq64-smoke", check=False)
     assert p.returncode == 2 and "edm_convert" in p.stderr
+
+
+def test_claims_pipeline_on_the_smoke_twin(tmp_path):
+    """Gates, the three variants, derived records of both comparisons and the figures (gates ignored: tiny nets)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "papers.disback.claims",
+        "--preset",
+        "toy2d-smoke",
+        "--seeds",
+        "0",
+        "--ablation",
+        "--ignore-gates",
+        "--out-dir",
+        f"{tmp_path}/runs",
+        "--results-dir",
+        f"{tmp_path}/res",
+        "--figures-dir",
+        f"{tmp_path}/fig",
+        "--cache-dir",
+        f"{tmp_path}/cache",
+    ]
+    p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    recs = [json.loads(f.read_text()) for f in (tmp_path / "res").rglob("*.json")]
+    by = {(r["benchmark"], r["method"]) for r in recs}
+    for bench in ("equal generator steps", "equal total compute (stage 1 counted)"):
+        for m in ("disback", "endpoint", "endpoint, fake from s'_N"):
+            assert (f"disback / toy2d claim: {bench}", m) in by
+    assert ("disback / toy2d claim: gates (precondition checks, per seed)", "gates") in by
+    assert (tmp_path / "fig" / "toy2d_equal_steps.png").is_file() and (
+        tmp_path / "fig" / "toy2d_equal_compute.png"
+    ).is_file()
+    endpoint = next(r for r in recs if r["method"] == "endpoint" and "runs" in r["benchmark"])
+    assert endpoint["config"]["steps"] == 4 + 2  # T + stage-1 steps: both comparisons from one endpoint run

@@ -55,6 +55,7 @@ GATE_LIMITS = {  # metric -> (min, max); pre-registered before any claim run
 
 
 PRESET = "toy2d"  # the claim's base preset (tests use its smoke twin)
+CACHE_DIR = "runs/cache"
 
 
 def _cfg(seed, **kw):
@@ -62,7 +63,7 @@ def _cfg(seed, **kw):
 
     from papers.disback.config import PRESETS
 
-    return dataclasses.replace(PRESETS[PRESET], seed=seed, **kw)
+    return dataclasses.replace(PRESETS[PRESET], seed=seed, cache_dir=CACHE_DIR, **kw)
 
 
 # ------------------------------------------------------------------ gates
@@ -159,6 +160,7 @@ def run_variant(method, seed, out_dir, results_dir, steps_total):
         "out_dir": out_dir,
         "results_dir": results_dir,
         "steps": str(steps_total),
+        "cache_dir": CACHE_DIR,
     }
     train_main(["--preset", PRESET, "--set", *[f"{k}={v}" for k, v in kv.items()]])
 
@@ -328,12 +330,13 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--preset", default="toy2d", help="base preset (toy2d; toy2d-smoke checks the pipeline)")
     p.add_argument("--figures-dir", default=str(FIGURES))
+    p.add_argument("--cache-dir", default=CACHE_DIR, help="where the per-seed teachers are cached")
     p.add_argument("--ignore-gates", action="store_true", help="run even when a gate fails (pipeline checks only)")
     p.add_argument("--summary", action="store_true", help="only derive records, figures and tables from finished runs")
     p.add_argument("--readme", action="store_true", help="regenerate the tables in papers/disback/README.md")
     args = p.parse_args(argv)
-    global PRESET
-    PRESET = args.preset
+    global PRESET, CACHE_DIR
+    PRESET, CACHE_DIR = args.preset, args.cache_dir
     torch.set_num_threads(args.threads)
     methods = [m for m in VARIANTS if args.ablation or m != "endpoint, fake from s'_N"]
     if args.summary:  # every seed with finished runs
