@@ -138,7 +138,7 @@ def test_a_path_of_another_shape_in_the_run_folder_is_refused(tmp_path):
 def test_init_from_loads_weights_only_and_strictly(tmp_path):
     _run(tmp_path, name="src")
     g0 = _dir(tmp_path, "src") / "initial_generator.safetensors"
-    _run(tmp_path, f"init_from={_dir(tmp_path, 'src')}", name="dst")
+    _run(tmp_path, f"init_from={g0}", name="dst")
     from safetensors.torch import load_file
 
     a, b = load_file(str(g0)), load_file(str(_dir(tmp_path, "dst") / "initial_generator.safetensors"))
@@ -147,7 +147,7 @@ def test_init_from_loads_weights_only_and_strictly(tmp_path):
 
     save_file({"other.weight": torch.zeros(2, 2)}, str(tmp_path / "bad.safetensors"))
     p = _run(tmp_path, f"init_from={tmp_path / 'bad.safetensors'}", name="bad", check=False)
-    assert p.returncode == 2 and "keys do not match" in p.stderr
+    assert p.returncode == 2 and "does not fit the generator" in p.stderr
 
 
 def test_claim_variants_share_the_budget():
@@ -167,8 +167,8 @@ def test_claim_variants_share_the_budget():
     assert compute["endpoint"]["stage-1 cost (gen-step equivalents)"] == 0
 
 
-@pytest.mark.parametrize("preset", ["ffhq64-smoke", "afhq64-smoke", "imagenet64-smoke"])
-def test_edm_presets_smoke_both_stages(tmp_path, preset):
+@pytest.mark.parametrize("preset", ["digits-smoke", "ffhq64-smoke", "afhq64-smoke", "imagenet64-smoke", "sdxl-smoke"])
+def test_image_presets_smoke_both_stages(tmp_path, preset):
     _run(tmp_path, preset=preset, name=preset)
     d = _dir(tmp_path, preset)
     assert json.loads((d / "path" / "manifest.json").read_text())["complete"]
@@ -214,3 +214,14 @@ def test_claims_pipeline_on_the_smoke_twin(tmp_path):
     ).is_file()
     endpoint = next(r for r in recs if r["method"] == "endpoint" and "runs" in r["benchmark"])
     assert endpoint["config"]["steps"] == 4 + 2  # T + stage-1 steps: both comparisons from one endpoint run
+
+
+def test_sdxl_starts_from_a_given_generator(tmp_path):
+    """The SDXL preset starts from a trained (DMD2) generator given by init_from, weights only."""
+    _run(tmp_path, preset="sdxl-smoke", name="first")
+    weights = _dir(tmp_path, "first") / "generator.safetensors"
+    _run(tmp_path, f"init_from={weights}", preset="sdxl-smoke", name="second")
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(weights)), load_file(str(_dir(tmp_path, "second") / "initial_generator.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -16,14 +16,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from common.config import BaseConfig, ConfigError, cfg_field
+from common.config import ConfigError, cfg_field
+from common.diffusion.tasks import DistillConfig
 
 TASKS = ("toy2d", "digits", "edm64", "sd")
 
 
 @dataclass(frozen=True)
-class Config(BaseConfig):
-    task: str = cfg_field("toy2d", "problem / backbone family", choices=TASKS)
+class Config(DistillConfig):
+    task: str = cfg_field(
+        "toy2d", "problem / backbone family (edm64: the EDM paper networks; sd: SDXL / SD)", choices=TASKS
+    )
     # --- DisBack ---
     backtrack: bool = cfg_field(True, "walk the recorded path back to the teacher (false = endpoint-only baseline)")
     num_nodes: int = cfg_field(8, "N: degradation checkpoints saved in stage 1 (node 0 is the teacher)", min=1)
@@ -43,65 +46,32 @@ class Config(BaseConfig):
         "base distiller: dmd2 (normalised DM gradient, TTUR, optional GAN) or diff_instruct (plain score difference)",
         choices=("dmd2", "diff_instruct"),
     )
-    init_from: str = cfg_field("", "weights-only initialisation of G^0: a weights file or a run folder ('' = preset's)")
-    # --- toy data, teacher and G^0 ---
-    num_modes: int = cfg_field(8, "toy: modes on the ring", min=2)
-    radius: float = cfg_field(2.0, "toy: ring radius", min=0.1)
-    mode_std: float = cfg_field(0.05, "toy: component std of the data", min=1e-3)
+    # --- toy teacher and G^0 ---
     teacher_width: int = cfg_field(256, "toy: MLP width of the teacher (and of every copy of it)", min=8)
     teacher_depth: int = cfg_field(3, "toy: MLP hidden layers of the teacher", min=1)
-    teacher_steps: int = cfg_field(2000, "teacher DSM training steps (cached per seed)", min=1)
-    teacher_batch: int = cfg_field(2048, "teacher training batch", min=1)
+    teacher_batch: int = cfg_field(2048, "toy: teacher training batch", min=1)
     g0_center: tuple[float, float] = cfg_field((6.0, 6.0), "toy: centre of G^0's blob, far from the ring")
     g0_std: float = cfg_field(0.3, "toy: std of G^0's blob", min=1e-3)
     g0_steps: int = cfg_field(300, "toy: regression steps that put G^0 on the blob", min=0)
-    # --- images ---
-    teacher_path: str = cfg_field("", "trained teacher: folder of a converted EDM network / small denoiser, or hub id")
-    cache_dir: str = cfg_field("runs/cache", "where trained teachers are cached")
-    resolution: int = cfg_field(8, "image side in pixels", min=4)
-    num_classes: int = cfg_field(0, "EDM: class labels of the teacher (ImageNet 1000; 0 = unconditional)", min=0)
+    # --- EDM paper networks ---
+    edm_classes: int = cfg_field(0, "EDM: class labels of the teacher (ImageNet 1000; 0 = unconditional)", min=0)
     edm_arch: str = cfg_field("ddpmpp", "EDM: network family of the tiny smoke network", choices=("ddpmpp", "adm"))
-    tiny_models: bool = cfg_field(False, "tiny random networks (smoke twins; no download)")
-    # --- noise schedule (EDM) ---
-    sigma_min: float = cfg_field(0.002, "EDM grid sigma_min", min=1e-5)
-    sigma_max: float = cfg_field(20.0, "EDM grid sigma_max (80 for images; 20 for the toy)", min=0.1)
-    rho: float = cfg_field(7.0, "Karras grid rho", min=1.0)
-    num_levels: int = cfg_field(1000, "levels of the discrete grid", min=10)
-    dm_t_lo: float = cfg_field(0.02, "DM loss: lowest grid fraction (official code: 2%)", min=0.0, max=1.0)
-    dm_t_hi: float = cfg_field(0.98, "DM loss: highest grid fraction (official code: 98%)", min=0.0, max=1.0)
-    # --- optimisation (stage 2 = the base distiller) ---
-    ttur_ratio: int = cfg_field(5, "critic updates per generator update", min=1)
-    gen_lr: float = cfg_field(1e-3, "generator learning rate", min=0.0)
-    fake_lr: float = cfg_field(1e-3, "fake score learning rate", min=0.0)
-    weight_decay: float = cfg_field(0.01, "AdamW weight decay (both stages)", min=0.0)
-    warmup: int = cfg_field(0, "constant_with_warmup warm-up iterations", min=0)
-    grad_clip: float = cfg_field(10.0, "gradient-norm clip (both stages)", min=0.0)
-    gan: bool = cfg_field(False, "add DMD2's diffusion-GAN on real data (dmd2 base only)")
-    w_g: float = cfg_field(5e-3, "generator GAN weight", min=0.0)
-    w_d: float = cfg_field(1e-2, "discriminator weight in the critic loss", min=0.0)
-    real_guidance: float = cfg_field(1.0, "CFG scale of the teacher (sd)", min=1.0)
-    gen_timestep: int = cfg_field(399, "sd: conditioning timestep of the 1-step generator", min=0, max=999)
-    ema_rates: tuple[float, ...] = cfg_field((), "generator EMA rates; () = none (official code)")
     # --- evaluation: the distance-to-data curve ---
     curve_every: int = cfg_field(10, "generator steps between two points of the distance-to-data curve", min=1)
     curve_samples: int = cfg_field(2048, "samples per curve point (fixed noise and reference)", min=2)
     auc_window: int = cfg_field(200, "generator steps over which the early-convergence AUC is taken", min=1)
     threshold: float = cfg_field(0.5, "distance-to-data threshold for steps-to-threshold", min=0.0)
-    eval_samples: int = cfg_field(4096, "samples of the final evaluation", min=2)
-    num_threads: int = cfg_field(0, "torch CPU threads; 0 = torch's default", min=0)
-    benchmark: str = cfg_field("", "results table of this run ('' = from preset)")
 
     def check(self) -> None:
-        if self.dm_t_lo >= self.dm_t_hi:
-            raise ConfigError(f"dm_t_lo: {self.dm_t_lo} must be below dm_t_hi {self.dm_t_hi}")
+        super().check()
+        if self.task == "toy2d" and self.teacher != "mlp":
+            raise ConfigError("teacher: DisBack's toy needs the learned teacher (mlp); the exact one hides the effect")
         if self.gan and self.base != "dmd2":
             raise ConfigError("gan: the diffusion-GAN belongs to the dmd2 base; set base=dmd2 or gan=false")
         if self.auc_window % self.curve_every:
             raise ConfigError(f"auc_window: {self.auc_window} must be a multiple of curve_every {self.curve_every}")
         if self.steps % self.ttur_ratio:
             raise ConfigError(f"steps: {self.steps} must be a multiple of ttur_ratio {self.ttur_ratio}")
-        if any(not 0 < r < 1 for r in self.ema_rates):
-            raise ConfigError(f"ema_rates: {self.ema_rates} must lie in (0, 1)")
 
     @property
     def stage1_steps(self) -> int:
@@ -129,17 +99,18 @@ def smoke(cfg: Config, **kw) -> Config:
         curve_samples=64,
         eval_samples=64,
         tiny_models=True,
+        teacher_path="",  # tiny random networks: nothing is loaded
         warmup=0,
         ckpt_every=2,
     )
     if cfg.task == "toy2d":
         base.update(global_batch=64, teacher_batch=64, teacher_width=16)
     elif cfg.task == "digits":
-        base.update(global_batch=8, teacher_batch=8)
+        base.update(global_batch=8, curve_samples=32, eval_samples=32)
     else:
         base.update(global_batch=2, resolution=16 if cfg.task == "edm64" else 64, mixed_precision="no")
-        if cfg.num_classes:
-            base.update(num_classes=10)
+        if cfg.edm_classes:
+            base.update(edm_classes=10)
     return dataclasses.replace(cfg, **{**base, **kw})
 
 
@@ -160,6 +131,11 @@ TOY2D = Config(
     gen_lr=1e-3,  # not in the paper: our toy default (as our DMD2 toy)
     fake_lr=1e-3,
     mode_std=0.1,  # std 0.05 gave a learned teacher that blurs the modes (README: a failed gate)
+    teacher="mlp",  # learned from data only (the analytic teacher is exact everywhere and would hide the effect)
+    teacher_steps=2000,  # about 2K DSM steps at batch 2048 (not in the paper: the CPU protocol)
+    gan=False,
+    warmup=0,
+    eval_every=0,
     sigma_max=20.0,  # toy sigma_max (the 2-D data has std ~1.4)
     curve_every=10,
     auc_window=200,  # "early": the first third of training
@@ -177,7 +153,7 @@ FFHQ64 = Config(
     task="edm64",
     method="disback",
     resolution=64,
-    num_classes=0,
+    edm_classes=0,
     edm_arch="ddpmpp",  # edm-ffhq-64x64-uncond-vp.pkl is a DDPM++ (SongUNet)
     base="diff_instruct",  # ICLR reviews; config option
     ttur_ratio=1,  # Diff-Instruct alternates one generator and one score update
@@ -188,6 +164,7 @@ FFHQ64 = Config(
     stage1_lr=1e-5,  # not in the paper: our default
     switch_every=1000,  # ~1000 iterations per node (ICLR reviews)
     gen_lr=1e-5,  # not in the paper: our default (Diff-Instruct's EDM lr)
+    gan=False,  # Diff-Instruct base: no GAN
     fake_lr=1e-5,
     warmup=500,  # as the official code (constant_with_warmup 500)
     sigma_max=80.0,  # EDM
@@ -203,11 +180,84 @@ AFHQ64 = dataclasses.replace(FFHQ64, preset="afhq64", benchmark="disback / AFHQv
 IMAGENET64 = dataclasses.replace(
     FFHQ64,
     preset="imagenet64",
-    num_classes=1000,
+    edm_classes=1000,
     edm_arch="adm",  # edm-imagenet-64x64-cond-adm.pkl
     benchmark="disback / ImageNet 64x64",
 )
 
-PRESETS: dict[str, Config] = {"toy2d": TOY2D, "ffhq64": FFHQ64, "afhq64": AFHQ64, "imagenet64": IMAGENET64}
+# digits: sklearn 8x8 digits with the shared cached EDM UNet2DModel teacher; G^0 = the teacher-initialised
+# one-step generator before any distillation (the paper's "initial student"). Not in the paper: our CPU tier.
+DIGITS = Config(
+    preset="digits",
+    task="digits",
+    method="disback",
+    resolution=8,
+    global_batch=32,  # not in the paper: our 2-core budget
+    steps=1000,  # 200 generator updates
+    teacher_steps=1200,  # the shared digits teacher (batch 128, cached)
+    num_nodes=4,  # not in the paper: our CPU default
+    stage1_interval=50,  # 200 stage-1 steps
+    stage1_lr=1e-4,  # not in the paper: our default (the stage-2 lr)
+    switch_every=100,  # 20 generator steps per node
+    ttur_ratio=5,
+    gen_lr=1e-4,  # not in the paper: our default (small UNet)
+    fake_lr=1e-4,
+    warmup=0,
+    gan=False,
+    sigma_max=80.0,  # EDM
+    sigma_data=0.5,  # EDM
+    curve_every=20,
+    curve_samples=500,
+    auc_window=100,
+    threshold=20.0,  # FD-digitsCNN (not calibrated: digits is not part of the claim)
+    eval_samples=1000,
+    log_every=50,
+    ckpt_every=250,
+    num_threads=1,
+    benchmark="disback / digits 8x8: 1-step student, curve of FD-digitsCNN",
+)
+
+# SDXL 1-step (official code, experiments/sdxl/*.sh): G^0 = a trained DMD2 SDXL 1-step generator (init_from, see
+# README), DMD2 base (t_cond 399, CFG 8 on the final teacher, GAN 5e-3 / 1e-2, TTUR 5), lr 5e-7, batch 1 on 1 GPU;
+# stage 1: 1000 iterations saving every 100 (N = 10); stage 2: 100K iterations, a node every 1000.
+SDXL = Config(
+    preset="sdxl",
+    task="sd",
+    method="disback",
+    teacher_path="stabilityai/stable-diffusion-xl-base-1.0",
+    resolution=1024,
+    global_batch=1,  # official scripts: 1 GPU, batch 1
+    steps=100_000,  # official code: 100K backtracking iterations
+    ttur_ratio=5,  # official code
+    gen_lr=5e-7,  # official code
+    fake_lr=5e-7,
+    warmup=500,  # official code: constant_with_warmup, 500 steps
+    real_guidance=8.0,  # official code
+    gen_timestep=399,  # official code (issue #1: inherited from DMD2)
+    gan=True,
+    w_g=5e-3,  # official code
+    w_d=1e-2,
+    num_nodes=10,  # official scripts: 1000 degradation iterations saved every 100
+    stage1_interval=100,
+    stage1_lr=5e-7,  # official code
+    switch_every=1000,  # official code's intended --interval 1000
+    mixed_precision="bf16",
+    teacher_dtype="bf16",
+    gradient_checkpointing=True,
+    curve_every=1000,
+    auc_window=10_000,
+    eval_samples=10_000,  # COCO-10K as DMD2
+    ckpt_every=5000,  # official code: save_state every 5000
+    benchmark="disback / SDXL 1-step",
+)
+
+PRESETS: dict[str, Config] = {
+    "toy2d": TOY2D,
+    "digits": DIGITS,
+    "ffhq64": FFHQ64,
+    "afhq64": AFHQ64,
+    "imagenet64": IMAGENET64,
+    "sdxl": SDXL,
+}
 for _name, _cfg in list(PRESETS.items()):
     PRESETS[f"{_name}-smoke"] = smoke(_cfg, preset=f"{_name}-smoke")

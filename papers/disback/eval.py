@@ -185,7 +185,7 @@ def evaluate(cfg, run, S, G, state, *, path=None, stage1_cost=None, train_wall_t
     if cfg.task == "toy2d":
         from papers.disback.model import G0_FILE, load_initial_generator
 
-        G0 = load_initial_generator(S.make_net(), str(run.dir / G0_FILE)) if (run.dir / G0_FILE).is_file() else G
+        G0 = load_initial_generator(S.make_net(), run.dir / G0_FILE) if (run.dir / G0_FILE).is_file() else G
         final, samples = toy_final(cfg, S, G, G0.cpu(), cfg.eval_samples)
         metrics.update(final)
         if path is not None:
@@ -213,7 +213,19 @@ def evaluate(cfg, run, S, G, state, *, path=None, stage1_cost=None, train_wall_t
             "final": f"{cfg.eval_samples} samples vs fresh data; SWD 256 projections; MMD 2048; modes within 3 std",
             "teacher": "EDM Heun, 18 steps",
         }
-    if cfg.task in ("edm64", "sd") and run.is_main:  # full scale: a sample grid and the student's weights
+    if cfg.task == "digits":
+        g = torch.Generator().manual_seed(TEST_SEED + cfg.seed)
+        z = torch.randn((cfg.eval_samples, *S.noise_shape), generator=g).to(next(G.parameters()).device)
+        probe = CurveProbe(cfg, S, z.device)
+        x = sample_generator(S, G, z)
+        metrics["FD-digitsCNN"] = probe.distance(x)
+        protocol = {
+            "curve": f"FD-digitsCNN of {cfg.curve_samples} samples from fixed noise vs the digits train split",
+            "final": f"FD-digitsCNN of {cfg.eval_samples} samples (digits classifier features, not Inception)",
+            "AUC": f"trapezoid over generator steps [0, {cfg.auc_window}] / {cfg.auc_window}",
+            "threshold": cfg.threshold,
+        }
+    if cfg.task in ("digits", "edm64", "sd") and run.is_main:  # a sample grid and the student's weights
         from torchvision.utils import save_image
 
         from papers.disback.model import save_weights
@@ -222,9 +234,13 @@ def evaluate(cfg, run, S, G, state, *, path=None, stage1_cost=None, train_wall_t
         n = min(64, cfg.eval_samples)
         z = torch.randn((n, *S.noise_shape), generator=g).to(next(G.parameters()).device)
         x = sample_generator(S, G, z, S.sample_cond(n, g))
+        if "vae" in S.extra:  # latents -> images
+            vae = S.extra["vae"]
+            with torch.no_grad():
+                x = vae.decode(x.to(z.device, vae.dtype) / vae.config.scaling_factor).sample.float().cpu()
         save_image((x.clamp(-1, 1) + 1) / 2, run.path("samples.png"), nrow=8, padding=1)
         save_weights(G, run.path("generator.safetensors"))
-        print(f"[disback] {cfg.preset}: samples.png and generator.safetensors in {run.dir}; FID: see README")
+        print(f"[disback] {cfg.preset}: samples.png and generator.safetensors in {run.dir}")
     cost = stage1_cost or {}
     timing = {
         "stage1_wall_s": cost.get("train_time_s", 0.0) or 0.0,

@@ -55,27 +55,14 @@ def _copy_of(net: nn.Module) -> Callable[[], nn.Module]:
     return make
 
 
-def load_initial_generator(G: nn.Module, source: str) -> nn.Module:
-    """Weights-only initialisation of the generator from a weights file (.safetensors / .pt / .bin) or a run folder
-    holding `initial_generator.safetensors` or `student/model.safetensors`; every key must match."""
-    p = Path(source)
-    if p.is_dir():
-        cands = [p / G0_FILE, p / "student" / "model.safetensors", p / "generator.safetensors"]
-        found = next((c for c in cands if c.is_file()), None)
-        if found is None:
-            raise PathError(f"init_from: {p} has none of {', '.join(c.name for c in cands)}")
-        p = found
-    if not p.is_file():
-        raise PathError(f"init_from: {p} does not exist")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def load_initial_generator(G: nn.Module, path) -> nn.Module:
+    """G^0 saved in a run folder (`initial_generator.safetensors`): weights only, every key must match."""
+    from safetensors.torch import load_file
 
-        state = load_file(str(p))
-    else:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-    return load_weights_strict(G, state, what=f"init_from {p}")
+    p = Path(path)
+    if not p.is_file():
+        raise PathError(f"{p} does not exist")
+    return load_weights_strict(G, load_file(str(p)), what=str(p))
 
 
 def save_weights(net: nn.Module, path) -> Path:
@@ -149,9 +136,12 @@ def initial_generator(cfg, run_dir, make_default: Callable[[], nn.Module], templ
     identical network."""
     saved = Path(run_dir) / G0_FILE if run_dir is not None else None
     if cfg.init_from:
-        G = load_initial_generator(template, cfg.init_from)
+        from common.diffusion.tasks import init_weights_from
+
+        G = template
+        init_weights_from(G, cfg.init_from)  # weights only, every key must match (common.diffusion.tasks)
     elif saved is not None and saved.is_file():
-        G = load_initial_generator(template, str(saved))
+        G = load_initial_generator(template, saved)
     else:
         G = make_default()
     if saved is not None and not saved.is_file():
@@ -191,8 +181,8 @@ def _tiny_edm(cfg):
     kw = dict(model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(8,), dropout=0.0)
     if cfg.edm_arch == "adm":
         kw["model_channels"] = 32
-        return build_edm_net(EDMNetConfig("DhariwalUNet", cfg.resolution, 3, cfg.num_classes, 0.5, kw))
-    return build_edm_net(EDMNetConfig("SongUNet", cfg.resolution, 3, cfg.num_classes, 0.5, kw))
+        return build_edm_net(EDMNetConfig("DhariwalUNet", cfg.resolution, 3, cfg.edm_classes, 0.5, kw))
+    return build_edm_net(EDMNetConfig("SongUNet", cfg.resolution, 3, cfg.edm_classes, 0.5, kw))
 
 
 def build_edm64(cfg, run_dir, progress=None) -> Setup:
@@ -210,14 +200,14 @@ def build_edm64(cfg, run_dir, progress=None) -> Setup:
         )
     else:
         net = load_edm_net(cfg.teacher_path)
-    if net.label_dim != cfg.num_classes or net.img_resolution != cfg.resolution:
+    if net.label_dim != cfg.edm_classes or net.img_resolution != cfg.resolution:
         raise ConfigError(
             f"teacher_path: {cfg.teacher_path} is a {net.img_resolution}px network with {net.label_dim} classes; "
-            f"the preset needs {cfg.resolution}px and num_classes={cfg.num_classes}"
+            f"the preset needs {cfg.resolution}px and edm_classes={cfg.edm_classes}"
         )
     teacher = freeze(EDMPredict(net))
     schedule = EDMSchedule(cfg.sigma_min, cfg.sigma_max, cfg.rho, cfg.num_levels, 0.5)
-    k = cfg.num_classes
+    k = cfg.edm_classes
     G = initial_generator(cfg, run_dir, _copy_of(teacher), _copy_of(teacher)())  # G^0 = the teacher (DI / DMD)
     return Setup(
         teacher=teacher,
@@ -230,9 +220,48 @@ def build_edm64(cfg, run_dir, progress=None) -> Setup:
     )
 
 
+# ------------------------------------------------------------------ digits and text-to-image (shared builders)
+
+
+def build_shared(cfg, run_dir, progress=None) -> Setup:
+    """digits (cached EDM UNet2DModel teacher) and sd (SDXL / SD through diffusers) from common.diffusion.tasks:
+    G^0 = the shared builder's generator (a copy of the teacher) or `init_from` (SDXL: a DMD2 generator, as the
+    official code starts from); the copies for stage 1, the nodes and the fake score are made from a snapshot of
+    the shared fake score before any training (fp32, the teacher's weights; text-to-image: the conditional-branch
+    wrapper around it)."""
+    import dataclasses
+
+    from common.diffusion.tasks import build as shared_build
+
+    S = shared_build(dataclasses.replace(cfg, init_from=""), progress) if cfg.task == "digits" else None
+    if S is None:
+        from common.diffusion import t2i
+
+        S = t2i.build(dataclasses.replace(cfg, init_from=""))
+    template = copy.deepcopy(S.fake).train().requires_grad_(True)
+    G = initial_generator(cfg, run_dir, lambda: S.generator, copy.deepcopy(S.generator))
+    extra = {**S.extra, "head": S.head, "final_target": S.target}
+    if cfg.task == "digits":
+        from common.data.digits import load_digits_split
+
+        extra["real_images"] = load_digits_split("train")[0]
+    return Setup(
+        teacher=S.teacher,
+        generator=G,
+        make_net=lambda: copy.deepcopy(template),
+        schedule=S.schedule,
+        noise_shape=S.noise_shape,
+        sample_cond=S.sample_cond,
+        sample_real=S.sample_real,
+        student_steps=S.student_steps,
+        fake_loss=S.fake_loss,
+        extra=extra,
+    )
+
+
 def build(cfg, run_dir, progress=None) -> Setup:
     if cfg.task == "toy2d":
         return build_toy(cfg, run_dir, progress)
     if cfg.task == "edm64":
         return build_edm64(cfg, run_dir, progress)
-    raise NotImplementedError(f"task {cfg.task!r}")
+    return build_shared(cfg, run_dir, progress)

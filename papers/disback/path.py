@@ -190,21 +190,23 @@ class TeacherPath:
     def target_index(self, step: int, switch_every: int) -> int:
         return target_node(step, self.num_nodes, switch_every)
 
-    def loader(self, i: int, make_net):
-        """A zero-argument loader of node i into a fresh network from `make_net()` (frozen, eval mode)."""
+    def loader(self, i: int, make_net, view=None):
+        """A zero-argument loader of node i into a fresh network from `make_net()` (frozen, eval mode); `view`
+        picks the module to serve (e.g. the unwrapped network when CFG is applied to the node)."""
 
         def load():
-            return self.load_node(i, make_net()).requires_grad_(False).eval()
+            net = self.load_node(i, make_net()).requires_grad_(False).eval()
+            return view(net) if view is not None else net
 
         load.node = i
         return load
 
-    def target(self, final, make_net, switch_every: int, guidance: float | None = None):
+    def target(self, final, make_net, switch_every: int, guidance: float | None = None, view=None):
         """The stage-2 target-score provider: nodes N-1, ..., 1 for `switch_every` iterations each, then `final`
         (the teacher's provider) for good. Built on the shared step-dependent provider, which loads a node only
         when its turn comes and holds at most one intermediate node in memory; `guidance` is the CFG scale of the
         intermediate nodes (None: conditional only)."""
         from common.diffusion.distill import StepScheduledTarget
 
-        nodes = [self.loader(i, make_net) for i in range(self.num_nodes - 1, 0, -1)]
+        nodes = [self.loader(i, make_net, view) for i in range(self.num_nodes - 1, 0, -1)]
         return StepScheduledTarget(nodes, every=switch_every, final=final, guidance=guidance)

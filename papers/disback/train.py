@@ -46,6 +46,7 @@ def make_step(cfg, S, generator, fake, target) -> DistillStep:
         generator=generator,
         fake=fake,
         head=S.extra.get("head") if cfg.gan else None,
+        w_g_calibrate=False,
         target=target,
         schedule=S.schedule,
         student_steps=S.student_steps,
@@ -58,6 +59,9 @@ def make_step(cfg, S, generator, fake, target) -> DistillStep:
 
 
 def teacher_target(cfg, S):
+    """The final target: the teacher (text-to-image: with CFG, as the shared builder makes it)."""
+    if "final_target" in S.extra:
+        return S.extra["final_target"]
     return GuidedTarget(S.teacher, cfg.real_guidance) if cfg.task == "sd" else FixedTarget(S.teacher)
 
 
@@ -150,8 +154,14 @@ def main(argv=None) -> dict:
     path = record_path(cfg, run, S, draw) if cfg.stage1_steps else None
     final = teacher_target(cfg, S)
     if cfg.backtrack:
-        guidance = cfg.real_guidance if (cfg.task == "sd" and cfg.cfg_on_intermediate_targets) else None
-        target = path.target(final, lambda: S.make_net().to(dev), cfg.switch_every, guidance=guidance)
+        guided = cfg.task == "sd" and cfg.cfg_on_intermediate_targets
+        target = path.target(
+            final,
+            lambda: S.make_net().to(dev),
+            cfg.switch_every,
+            guidance=cfg.real_guidance if guided else None,
+            view=(lambda net: net.denoiser) if guided else None,  # both CFG branches go to the unwrapped network
+        )
     else:
         target = final
     fake = S.make_net().to(dev)  # a copy of the teacher (DMD2 style) ...
