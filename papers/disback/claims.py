@@ -310,12 +310,20 @@ def write_readme(results_dir, readme=README) -> None:
     import tomllib
 
     from common.results import load_records
-    from results.build import CLAIMS, claims_section
+    from results.build import CLAIMS, PAPER_NUMBERS, claims_section, paper_table
 
     text = readme.read_text()
     a, b = "<!-- disback-results:start -->", "<!-- disback-results:end -->"
+    records = load_records(results_dir)
     claims = {"disback": tomllib.loads(CLAIMS.read_text()).get("disback", [])}
-    block = "\n".join(claims_section(claims, load_records(results_dir))) + "\n" + summary(results_dir)
+    numbers = tomllib.loads(PAPER_NUMBERS.read_text()).get("disback", [])
+    block = (
+        "\n".join(claims_section(claims, records))
+        + "\n"
+        + summary(results_dir)
+        + "\n\n"
+        + "\n".join(paper_table("disback", numbers, records))
+    )
     head, rest = text.split(a, 1)
     _, tail = rest.split(b, 1)
     readme.write_text(f"{head}{a}\n{block.strip()}\n{b}{tail}")
