@@ -94,20 +94,9 @@ def curve_metrics(cfg, curve, stage1_steps: int) -> dict:
 
 
 def _scatter(path, real, panels):
-    import matplotlib
+    from common.diffusion.evaluation import _scatter as scatter  # the shared 2-D scatter panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.8), sharex=True, sharey=True)
-    for ax, (title, x) in zip(axes, panels.items()):
-        ax.scatter(real[:1000, 0], real[:1000, 1], s=1, c="lightgray")
-        ax.scatter(x[:1000, 0], x[:1000, 1], s=1, c="C0")
-        ax.set_title(title, fontsize=7)
-        ax.set_aspect("equal")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    scatter(path, real, panels)
 
 
 @torch.no_grad()
