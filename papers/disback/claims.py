@@ -166,11 +166,15 @@ def run_variant(method, seed, out_dir, results_dir, steps_total):
 
 
 def comparisons(cfg, curves: dict) -> dict:
-    """{benchmark: {method: metrics}} from the curves of one seed ({method: (curve, stage1_steps)})."""
-    T = cfg.gen_steps
+    """{benchmark: {method: metrics}} from the curves of one seed ({method: (curve, stage1_steps)}).
+
+    The budgets are T = steps / ttur generator steps (equal steps) and T + stage-1 equivalents (equal compute), cut
+    to what every curve of the seed covers (a run stopped early is compared where all runs were measured); the
+    budget used is recorded."""
     w, thr = cfg.auc_window, cfg.threshold
     off = cfg.num_nodes * cfg.stage1_interval / cfg.ttur_ratio
-    total = T + off
+    T = min([cfg.gen_steps] + [c[-1][0] for c, _ in curves.values()])
+    total = min([cfg.gen_steps + off] + [shift_for_stage1(c, s1 / cfg.ttur_ratio)[-1][0] for c, s1 in curves.values()])
     out = {STEPS_BENCH: {}, COMPUTE_BENCH: {}}
     for method, (curve, s1) in curves.items():
         within = [p for p in curve if p[0] <= T]
@@ -179,7 +183,8 @@ def comparisons(cfg, curves: dict) -> dict:
             f"AUC distance, first {w} gen steps": auc(curve, w),
             f"gen steps to distance <= {thr:g}": min(s, T + 1),
             "threshold reached": float(reached),
-            f"distance at {T} gen steps": value_at(curve, T),
+            "distance at the end of the budget": value_at(curve, T),
+            "budget (gen steps)": T,
         }
         shifted = shift_for_stage1(curve, s1 / cfg.ttur_ratio)
         within = [p for p in shifted if p[0] <= total]
@@ -188,7 +193,8 @@ def comparisons(cfg, curves: dict) -> dict:
             f"AUC distance, first {w + off:g} gen-step equivalents": auc(shifted, w + off),
             f"gen-step equivalents to distance <= {thr:g}": min(s, total + 1),
             "threshold reached": float(reached),
-            f"distance at {total:g} gen-step equivalents": value_at(shifted, total),
+            "distance at the end of the budget": value_at(shifted, total),
+            "budget (gen-step equivalents)": total,
             "stage-1 cost (gen-step equivalents)": s1 / cfg.ttur_ratio,
         }
     return out
@@ -227,6 +233,8 @@ def _parse(v):
 
 
 def load_curves(out_dir, seed, methods) -> dict:
+    """{method: (curve, stage-1 steps)} of the finished runs; a run stopped early gives the curve of its last
+    checkpoint (the trainer checkpoints the curve with its state)."""
     from papers.disback.eval import load_curve
 
     got = {}
@@ -235,6 +243,14 @@ def load_curves(out_dir, seed, methods) -> dict:
         if (d / "curve.json").is_file():
             c = load_curve(d)
             got[m] = ([tuple(p) for p in c["curve"]], c["stage1_steps"])
+        elif (d / "checkpoints").is_dir() and (d / "config.json").is_file():
+            ckpts = sorted((d / "checkpoints").glob("ckpt-*.pt"))
+            if ckpts:
+                state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)["extra"]
+                conf = json.loads((d / "config.json").read_text())
+                s1 = conf["num_nodes"] * conf["stage1_interval"]
+                s1 = s1 if (conf["backtrack"] or conf["fake_init"] == "last_node") else 0
+                got[m] = ([tuple(p) for p in state["curve"]], s1)
     return got
 
 
