@@ -131,7 +131,7 @@ def test_bad_input_fails_in_one_line(tmp_path, sets, message):
 
 def test_a_path_of_another_shape_in_the_run_folder_is_refused(tmp_path):
     _run(tmp_path, "num_nodes=2")
-    p = _run(tmp_path, "num_nodes=3", "run_name=a", check=False)
+    p = _run(tmp_path, "num_nodes=3", check=False)
     assert p.returncode == 2 and "differ" in p.stderr  # the run folder's config check names num_nodes
 
 
