@@ -1,7 +1,7 @@
 """Image-text retrieval metrics: R@K in both directions (torchmetrics ``RetrievalHitRate``), rank correlations
 between two scorers' orders (Spearman, Kendall tau; scipy), and score-distribution statistics.
 
-Conventions (COCO / Flickr30K, retrieval_common.md §4): the similarity matrix is (n_images, n_captions) over the
+Conventions (COCO / Flickr30K, as in the CPRD and ALBEF evaluation code): the similarity matrix is (n_images, n_captions) over the
 whole gallery; image->text (TR) counts a hit when *any* of the image's captions is in the top K; text->image (IR)
 when the caption's image is in the top K. Ties are broken by the lower gallery index (stable sort) before
 torchmetrics sees the lists. Only each query's top max(K) candidates are passed to torchmetrics: a hit at K <= max(K)

@@ -1,6 +1,6 @@
 """Ranking metrics MRR@k, nDCG@k and Recall@k over ranked lists with graded judgements (torchmetrics).
 
-Conventions (trec_eval, retrieval_common.md §4):
+Conventions (trec_eval):
 * the mean is over all judged queries; a query with no relevant document in its list scores 0 (trec_eval ``-c``);
 * nDCG normalises by the ideal ordering of *all* judged documents of the query, also those the list missed;
   gain is the graded label (linear), or 2^rel - 1 with ``exponential_gain=True``;

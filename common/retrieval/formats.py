@@ -1,4 +1,4 @@
-"""File formats of ranking distillation (retrieval_common.md §5), read strictly.
+"""File formats of ranking distillation (MS MARCO and the Margin-MSE teacher-score releases), read strictly.
 
 * teacher-score triples, id form (neural-ranking-kd / Zenodo 4068216): ``pos_score \\t neg_score \\t qid \\t pid+ \\t pid-``
 * teacher-score triples, text form (matchmaker training input): ``score+ \\t score- \\t query \\t pos \\t neg``

@@ -1,4 +1,4 @@
-"""Image-text encoders for cross-encoder -> dual-encoder distillation (CPRD; retrieval_common.md §1).
+"""Image-text encoders for cross-encoder -> dual-encoder distillation (CPRD).
 
 * ``TwoTower``: a dual encoder. Image tower = any timm model (``num_classes`` = projection dim, so timm's own head
   projects), text tower = any transformers encoder (CLS or mean pooling, then a linear projection); L2-normalised

@@ -1,4 +1,4 @@
-"""Ranking losses shared by the ranking-distillation papers (retrieval_common.md §2).
+"""Ranking losses shared by the ranking-distillation papers .
 
 Notation: student scores s, teacher scores t (raw, never squashed), s+ / s- for the positive / negative passage of a
 triple (q, p+, p-). All losses return a scalar mean over the batch.
@@ -157,7 +157,7 @@ def in_batch_negatives(q: torch.Tensor, d: torch.Tensor, tau: float = 1.0) -> to
     return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
 
 
-# --- teacher output adapter (retrieval_common.md §2.3) ---------------------------------------------------------
+# --- teacher output adapter ---------------------------------------------------------
 
 
 def to_ranks(t: torch.Tensor) -> torch.Tensor:

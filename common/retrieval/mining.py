@@ -1,4 +1,4 @@
-"""Student-side hard-negative mining over a similarity matrix (CPRD, retrieval_common.md §3).
+"""Student-side hard-negative mining over a similarity matrix (CPRD §3).
 
 The selection runs under ``torch.no_grad()`` on the student's similarities with every positive masked out (all
 captions of the same image, any relevant document); the returned indices are then used to gather the

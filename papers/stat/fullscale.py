@@ -60,7 +60,7 @@ MATH_SUBJECTS = (
     "prealgebra",
     "precalculus",
 )
-EVAL_SETS = {  # name -> (hub id, config, split, question field, answer field); ids as listed in the sheet
+EVAL_SETS = {  # name -> (hub id, config, split, question field, answer field); ids of the public copies of each benchmark
     "math500": ("HuggingFaceH4/MATH-500", None, "test", "problem", "answer"),
     "gsm8k": ("openai/gsm8k", "main", "test", "question", "answer"),
     "aime24": ("HuggingFaceH4/aime_2024", None, "train", "problem", "answer"),

@@ -1,10 +1,10 @@
-"""The paper's claims on the 2-D toy over seeds, with their gates (tdm.md §6).
+"""The paper's claims on the 2-D toy over seeds, with their gates.
 
     python -m papers.tdm.claims                    # gates, then every variant for seeds 0 1 2 (records in results/raw/tdm/)
     python -m papers.tdm.claims --seeds 0 1 2 3 4
     python -m papers.tdm.claims --summary          # tables and verdicts from the records only
 
-Claims (paper §5, Table 5 and appendix), each stated before running with fixed factors (tdm.md §6):
+Claims (paper §5, Table 5 and appendix), each stated before running with fixed factors:
 1. The 4-step student is close to the teacher at many steps and much better than the teacher at 4 steps:
    SWD(tdm, 4) <= 1.5 x SWD(teacher, 100) and SWD(tdm, 4) < 0.5 x SWD(teacher, 4).
 2. Matching clean samples instead of the trajectory is worse: SWD(clean, 4) > SWD(tdm, 4) (paired 95% interval of

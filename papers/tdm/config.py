@@ -147,16 +147,16 @@ def smoke(cfg: Config, **kw) -> Config:
     return dataclasses.replace(cfg, **{**base, **kw})
 
 
-# toy2d: tdm.md §6 (8-mode ring radius 2, std 0.1, analytic VP teacher, 1 : 1 updates, Adam betas (0, 0.95),
+# toy2d (not in the paper: our 2-D setting, after the official toy demo; 8-mode ring radius 2, std 0.1, analytic VP teacher, 1 : 1 updates, Adam betas (0, 0.95),
 # lr G 1e-4 / fake 5e-4 = the demo's 1 : 5 ratio). Batch and length: not in the paper, our 2-core budget.
 TOY2D = Config(
     preset="toy2d",
     task="toy2d",
     method="tdm",
-    global_batch=512,  # not in the paper: our 2-core budget (tdm.md §6 suggests 2048)
-    steps=1000,  # not in the paper: our 2-core budget (tdm.md §6: 1-3K iterations)
-    gen_lr=1e-4,  # tdm.md §6
-    fake_lr=5e-4,  # tdm.md §6: the demo's 1 : 5 ratio
+    global_batch=512,  # not in the paper: our 2-core budget
+    steps=1000,  # not in the paper: our 2-core budget
+    gen_lr=1e-4,  # official toy demo
+    fake_lr=5e-4,  # official toy demo: the 1 : 5 ratio
     lr_schedule="constant_with_warmup",  # not in the paper: the demo's cosine decay is for 10K iterations
     warmup=50,  # official demo
     eval_samples=4096,

@@ -271,7 +271,7 @@ def matching_sample(schedule, x_start, x0_hat, seg: Segments, mode="trajectory",
     """(x_tau, n): the matching sample of each segment step, without gradients.
 
     trajectory / overlap: the step's next point x_{t_{i+1}} = alpha x0_hat + sigma eps_hat (eps_hat from x_start and
-    x0_hat), diffused to tau by the forward transition (diffusion_common.md §1.4); clean: x0_hat diffused to tau.
+    x0_hat), diffused to tau by the forward transition (DDPM's q(x_tau | x_0)); clean: x0_hat diffused to tau.
     """
     x0 = x0_hat.detach()
     n = torch.randn(x0.shape, generator=generator).to(x0)
