@@ -1,4 +1,4 @@
-"""Ranking losses shared by the ranking-distillation papers .
+"""Ranking losses shared by the ranking-distillation papers.
 
 Notation: student scores s, teacher scores t (raw, never squashed), s+ / s- for the positive / negative passage of a
 triple (q, p+, p-). All losses return a scalar mean over the batch.
