@@ -19,6 +19,7 @@ Left out: data-set specific augmentation.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,7 @@ __all__ = [
     "init_weights_from",
     "optim_settings",
     "draw_batches",
+    "smoke_twin",
 ]
 
 
@@ -444,6 +446,28 @@ def build_digits(cfg, progress=None) -> Setup:
 
 
 # ----------------------------------------------------------------------------- dispatch and initialisation
+
+
+def smoke_twin(cfg, toy_extra: dict | None = None, **kw):
+    """A preset's smoke twin: the same code path on tiny networks for 3 iterations (the sizes per task below).
+
+    `toy_extra`: a paper's own toy2d fields to shrink as well; `kw` overrides anything."""
+    base = dict(
+        steps=3,
+        eval_samples=64,
+        eval_every=0,
+        warmup=0,
+        ttur_ratio=min(cfg.ttur_ratio, 2),
+        tiny_models=True,
+        teacher_path="",  # tiny random networks: nothing is loaded
+    )
+    if cfg.task == "toy2d":
+        base.update(global_batch=64, fake_init_steps=2, teacher_eval_steps=2, **(toy_extra or {}))
+    elif cfg.task == "digits":
+        base.update(global_batch=8, teacher_steps=2, teacher_eval_steps=2, eval_samples=32)
+    else:
+        base.update(global_batch=2, eval_samples=4, teacher_eval_steps=2, resolution=64 if cfg.task == "sd" else 32)
+    return dataclasses.replace(cfg, **{**base, **kw})
 
 
 def optim_settings(cfg, **overrides):

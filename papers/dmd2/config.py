@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from common.diffusion.tasks import DistillConfig
+from common.diffusion.tasks import DistillConfig, smoke_twin
 
 
 @dataclass(frozen=True)
@@ -21,22 +21,7 @@ class Config(DistillConfig):
 
 def smoke(cfg: Config, **kw) -> Config:
     """Smoke twin: same code path, tiny models, 3 iterations."""
-    base = dict(
-        steps=3,
-        eval_samples=64,
-        eval_every=0,
-        warmup=0,
-        ttur_ratio=min(cfg.ttur_ratio, 2),
-        tiny_models=True,
-        teacher_path="",  # tiny random networks: nothing is loaded
-    )
-    if cfg.task in ("toy2d",):
-        base.update(global_batch=64, fake_init_steps=2, teacher_eval_steps=2)
-    elif cfg.task == "digits":
-        base.update(global_batch=8, teacher_steps=2, teacher_eval_steps=2, eval_samples=32)
-    else:
-        base.update(global_batch=2, eval_samples=4, teacher_eval_steps=2, resolution=64 if cfg.task == "sd" else 32)
-    return dataclasses.replace(cfg, **{**base, **kw})
+    return smoke_twin(cfg, **kw)
 
 
 # toy2d: the classic 8-Gaussian ring (radius 2, std 0.1), VE with sigma_max 20 for data of std ~1.4; LRs 1e-4 to

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from common.config import ConfigError, cfg_field
-from common.diffusion.tasks import DistillConfig
+from common.diffusion.tasks import DistillConfig, smoke_twin
 from papers.fdistill.losses import DIVERGENCES
 
 # Imbalanced ring weights (a geometric-like decay; the smallest mode holds 0.5% of the mass). Not in the paper:
@@ -92,22 +92,7 @@ class Config(DistillConfig):
 
 def smoke(cfg: Config, **kw) -> Config:
     """Smoke twin: same code path, tiny models, 3 iterations."""
-    base = dict(
-        steps=3,
-        eval_samples=64,
-        eval_every=0,
-        warmup=0,
-        ttur_ratio=min(cfg.ttur_ratio, 2),
-        tiny_models=True,
-        teacher_path="",  # tiny random networks: nothing is loaded
-    )
-    if cfg.task == "toy2d":
-        base.update(global_batch=64, fake_init_steps=2, init_steps=2, teacher_eval_steps=2, ratio_check_kde=64)
-    elif cfg.task == "digits":
-        base.update(global_batch=8, teacher_steps=2, teacher_eval_steps=2, eval_samples=32)
-    else:
-        base.update(global_batch=2, eval_samples=4, teacher_eval_steps=2, resolution=64 if cfg.task == "sd" else 32)
-    return dataclasses.replace(cfg, **{**base, **kw})
+    return smoke_twin(cfg, toy_extra=dict(init_steps=2, ratio_check_kde=64), **kw)
 
 
 # toy2d: imbalanced 8-mode ring (radius 2, std 0.1), exact mixture teacher, generator fitted to the largest mode
