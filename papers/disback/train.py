@@ -32,7 +32,8 @@ import torch
 from common.checkpoint import Checkpointer, atomic_write_json
 from common.config import parse_cli
 from common.diffusion.distill import DistillStep, FixedTarget, GuidedTarget
-from common.diffusion.trainer import Batch, OptimSettings, check_finite, train_loop
+from common.diffusion.tasks import optim_settings
+from common.diffusion.trainer import Batch, check_finite, train_loop
 from common.launch import start
 from papers.disback.config import PRESETS, Config
 from papers.disback.model import build
@@ -185,16 +186,7 @@ def main(argv=None) -> dict:
         run,
         step,
         draw,
-        OptimSettings(
-            gen_lr=cfg.gen_lr,
-            critic_lr=cfg.fake_lr,
-            weight_decay=cfg.weight_decay,
-            warmup=cfg.warmup,
-            gen_clip=cfg.grad_clip,
-            critic_clip=cfg.grad_clip,
-            ttur_ratio=cfg.ttur_ratio,
-            ema_rates=cfg.ema_rates,
-        ),
+        optim_settings(cfg),
         steps=cfg.steps,
         ckpt_every=cfg.ckpt_every,
         keep_ckpts=cfg.keep_ckpts,
