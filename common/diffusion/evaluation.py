@@ -197,11 +197,14 @@ def evaluate(cfg, run, S, G, state, paper: str, train_wall_time_s=None, ema=()) 
     t0 = time.time()
     dev = run.device
     n = cfg.eval_samples
-    g = torch.Generator().manual_seed(TEST_SEED + cfg.seed)
+    # One noise stream per sampled model: every student copy (last, best, EMA) sees the same latents (a paired
+    # comparison) and the teacher's samples do not depend on which copies exist (eval_every, ema_rates).
+    g_student = lambda: torch.Generator().manual_seed(TEST_SEED + cfg.seed)  # noqa: E731
     best = _best_generator(run, G)
-    x_last, thr_student = sample_student(S, G, n, g, dev, cfg.eval_batch)
-    x_best = sample_student(S, best, n, g, dev, cfg.eval_batch)[0] if best is not None else None
-    x_teacher, thr_teacher, teacher_nfe = sample_teacher(cfg, S, n, g, dev, cfg.eval_batch)
+    x_last, thr_student = sample_student(S, G, n, g_student(), dev, cfg.eval_batch)
+    x_best = sample_student(S, best, n, g_student(), dev, cfg.eval_batch)[0] if best is not None else None
+    g_teacher = torch.Generator().manual_seed(TEST_SEED + 20_000 + cfg.seed)
+    x_teacher, thr_teacher, teacher_nfe = sample_teacher(cfg, S, n, g_teacher, dev, cfg.eval_batch)
     if cfg.task == "toy2d":
         data = S.extra["data"]
         real = data.sample(n, torch.Generator().manual_seed(TEST_SEED + 10_000 + cfg.seed))
@@ -255,7 +258,7 @@ def evaluate(cfg, run, S, G, state, paper: str, train_wall_time_s=None, ema=()) 
     if x_best is not None:
         metrics.update({f"{k} (best)": v for k, v in fn(x_best).items()})
     for rate, e in zip(cfg.ema_rates, ema):
-        x_ema = sample_student(S, e.module, n, g, dev, cfg.eval_batch)[0]
+        x_ema = sample_student(S, e.module, n, g_student(), dev, cfg.eval_batch)[0]
         metrics.update({f"{k} (ema {rate})": v for k, v in fn(x_ema).items()})
     metrics.update(_oscillation(state["trace"]))
     metrics["throughput vs teacher"] = thr_student / thr_teacher
@@ -359,6 +362,7 @@ def evaluate_fullscale(cfg, run, S, G, state, paper: str, train_wall_time_s=None
     if run.is_main and grid:
         save_image(torch.cat(grid)[:64], run.path("samples_student.png"), nrow=8)
     grid = []
+    g = torch.Generator().manual_seed(TEST_SEED + 20_000 + cfg.seed)  # the teacher's own stream, as above
     _, thr_t, t_nfe = sample_teacher(cfg, S, n, g, dev, cfg.eval_batch, sink=writer("teacher"))
     metrics = {"student img/s": thr, "teacher img/s": thr_t, "throughput vs teacher": thr / thr_t}
     if run.is_main:
