@@ -738,3 +738,29 @@ def test_math_smoke_math_d_is_defined_by_the_base_and_shared(tmp_path):
     main(args + ["method=sft"])
     rec = json.loads((tmp_path / "raw/stat/math-smoke/sft-seed0.json").read_text())
     assert ("acc/math_d" in rec["metrics"]) == bool(saved["items"]) and "acc/math500" in rec["metrics"]
+
+
+def test_base_cache_is_keyed_by_its_config_and_ignores_fine_tune_knobs(tmp_path):
+    """The cached base student is reused by every method and fine-tuning knob of its seed, and only by them: a
+    longer ``steps`` trains on (from the run's checkpoint) and replaces the student, its profile and its record."""
+    from papers.stat.train import main
+
+    def run(*kv):
+        main(["--preset", "arith-smoke", "--set", f"out_dir={tmp_path}/runs", f"results_dir={tmp_path}/raw", *kv])
+
+    base = tmp_path / "runs/stat/arith-smoke/base-seed0"
+    rec = tmp_path / "raw/stat/arith-smoke/base-seed0.json"
+    run("method=sft")
+    key = json.loads((base / "student/trained_by.json").read_text())
+    weights = (base / "student/model.safetensors").read_bytes()
+    # fine-tune-only keys (and another method) neither refuse the shared base folder nor retrain it
+    run("method=uniform", "ft_lr=0.002", "budget=40", "ft_epochs=2")
+    assert (base / "student/model.safetensors").read_bytes() == weights
+    assert json.loads(rec.read_text())["config"]["steps"] == key["steps"]
+    # a longer base run is a different student: trained on, saved with its new key, profile and record rebuilt
+    run("method=sft", f"steps={key['steps'] + 2}", "run_name=sft-longer")
+    new = json.loads((base / "student/trained_by.json").read_text())
+    assert new["steps"] == key["steps"] + 2 and (base / "student/model.safetensors").read_bytes() != weights
+    r = json.loads(rec.read_text())
+    assert r["config"]["steps"] == key["steps"] + 2
+    assert json.loads((base / "profile.json").read_text())["base_student_key"] == r["extra"]["base_student_key"]

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoint import atomic_write_json, atomic_write_text
-from common.config import parse_cli
+from common.checkpoint import atomic_dir, atomic_write_json, atomic_write_text, complete_dir
+from common.config import config_to_dict, parse_cli
 from common.launch import peak_memory_mb, start
-from common.results import make_record, write_record
+from common.results import IDENTITY_IGNORED, make_record, write_record
 from papers.stat.arith import SKILLS, Reserve, parse_question, readable_item
 from papers.stat.config import PRESETS, Config
 from papers.stat.eval import BENCHMARK, PAPER, evaluate, make_eval_sets, protocol, step_rewards, task_of
@@ -72,10 +72,15 @@ def train_loop(run, cfg, model, batches, total_steps: int, lr: float, ckpt_dir: 
     )
 
 
-def save_student(model, folder: Path) -> None:
-    """A transformers folder (config, safetensors weights, character tokenizer) loadable anywhere."""
-    model.save_pretrained(folder)
-    build_tokenizer().save_pretrained(folder)
+def save_student(model, folder: Path, key: dict | None = None) -> None:
+    """A transformers folder (config, safetensors weights, character tokenizer) loadable anywhere, written atomically
+    (a kill leaves the previous folder or none, never a config without weights). ``key``: the config that produced
+    it, saved as ``trained_by.json`` so that a cache lookup can tell whether the folder is this config's."""
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        build_tokenizer().save_pretrained(tmp)
+        if key is not None:
+            atomic_write_json(key, tmp / "trained_by.json")
 
 
 def load_student(folder: Path):
@@ -104,17 +109,56 @@ def make_pool(cfg, sets, seed: int) -> list:
     return _POOLS[key]
 
 
+# Stage 3 / 4 knobs: they shape a method's training set and fine-tuning, never the base student or its profile.
+FINE_TUNE_ONLY = (
+    "m",
+    "questions_per_pair",
+    "n_solutions",
+    "min_agree",
+    "teacher_error",
+    "syn_target_unique",
+    "syn_dedupe",
+    "syn_max_passes",
+    "embed_k",
+    "budget",
+    "ft_epochs",
+    "ft_lr",
+    "lr_grid",
+    "lr_grid_values",
+    "math_budget",
+)
+
+
 def base_config(cfg: Config) -> Config:
-    """The config of a seed's base run: the fine-tuning-only knobs a grid varies are reset to the preset's."""
-    preset = PRESETS.get(cfg.preset)
-    return replace(cfg, method="base", run_name="", lr_grid=False, ft_lr=preset.ft_lr if preset else cfg.ft_lr)
+    """The config of a seed's base run: the fine-tuning-only knobs (a grid or a method varies them) are reset to the
+    preset's, so every method and grid point of a seed shares one base folder."""
+    ref = PRESETS.get(cfg.preset) or Config()
+    return replace(cfg, method="base", run_name="", **{k: getattr(ref, k) for k in FINE_TUNE_ONLY})
+
+
+def base_key(bcfg: Config) -> dict:
+    """What the base student's weights depend on: its whole config except where files go and how progress is
+    logged (a longer ``steps`` is a different student)."""
+    d = json.loads(json.dumps(config_to_dict(bcfg), default=str))
+    return {k: v for k, v in d.items() if k not in IDENTITY_IGNORED and k != "threads"}
+
+
+def _trained_by(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "trained_by.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def train_base(cfg: Config) -> Path:
-    """Train the base student of ``cfg.seed`` by plain SFT on fresh samples of P (cached: skipped when saved)."""
+    """Train the base student of ``cfg.seed`` by plain SFT on fresh samples of P.
+
+    Cached: the saved student is reused only when it is complete and was trained by this very config; otherwise
+    training runs (resuming from the run's checkpoints, so a longer ``steps`` continues the saved run) and replaces it.
+    """
     bcfg = base_config(cfg)
     folder = Path(cfg.out_dir) / PAPER / bcfg.resolved_run_name / "student"
-    if (folder / "config.json").exists():
+    if complete_dir(folder) and _trained_by(folder) == base_key(bcfg):
         return folder
     run = start(bcfg, PAPER)
     t_cpu = time.process_time()
@@ -155,7 +199,7 @@ def train_base(cfg: Config) -> Path:
             skill_curve = sorted(
                 [p for p in old.get("skill_curve", []) if p["step"] not in done] + skill_curve, key=lambda p: p["step"]
             )
-        save_student(model, folder)
+        save_student(model, folder, key=base_key(bcfg))
         cpu = time.process_time() - t_cpu + (json.loads(prev.read_text()).get("cpu_time_s", 0) if prev.exists() else 0)
         atomic_write_json({"curve": curve, "skill_curve": skill_curve, "cpu_time_s": cpu}, prev)
         _plot_curve(curve, run.dir / "saturation_curve.png")
@@ -172,15 +216,16 @@ def base_stage(cfg: Config, sets, t_start: float):
     run = start(bcfg, PAPER)
     codec = CharCodec()
     model = load_student(folder)
+    student_key = _digest(_trained_by(folder))  # the profile and the record belong to this very base student
     profile_path = run.dir / "profile.json"
-    if run.is_main and not profile_path.exists():  # teacher calls only on the main process
-        profile_data = build_profile(cfg, model, sets, codec)
+    if run.is_main and _read_json(profile_path).get("base_student_key") != student_key:  # teacher calls: main only
+        profile_data = {**build_profile(cfg, model, sets, codec), "base_student_key": student_key}
         atomic_write_json(profile_data, profile_path)
         _plot_profile(profile_data, run.dir / "missing_skill_profile.png")
     run.accelerator.wait_for_everyone()
     prof = json.loads(profile_path.read_text())
     rec_path = Path(cfg.results_dir) / PAPER / cfg.preset / f"base-seed{cfg.seed}.json"
-    if run.is_main and not rec_path.exists():
+    if run.is_main and _read_json(rec_path).get("extra", {}).get("base_student_key") != student_key:
         items: dict = {}
         metrics = evaluate(model, sets, codec, prof["missing"], rare=task_of(cfg).rare, items=items)
         metrics["difficult_frac_val"] = prof["difficult_frac"]
@@ -202,6 +247,7 @@ def base_stage(cfg: Config, sets, t_start: float):
                 "items": items,
                 "base_train": _read_json(folder.parent / "saturation_curve.json"),
                 "cpu_time_s": time.process_time() - t_cpu,
+                "base_student_key": student_key,
             },
         )
         write_record(rec, cfg.results_dir, same_config=False)  # the base does not depend on the method
@@ -211,6 +257,12 @@ def base_stage(cfg: Config, sets, t_start: float):
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _digest(obj) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def benchmark(cfg) -> str:
