@@ -15,6 +15,7 @@ for clean-fid / the metric protocols in common/metrics; the record holds through
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 
@@ -116,10 +117,41 @@ def _scatter(path, real, panels):
 # ---------------------------------------------------------------- digits
 
 
-def _digits_ref():
+def _digits_ref(split: str = "test"):
+    """Reference images: the held-out "test" split (360 images, never seen by the teacher or the student) for the
+    reported numbers; the "train" split only for checkpoint selection during training."""
     from common.data.digits import load_digits_split
 
-    return load_digits_split("train")
+    return load_digits_split(split)
+
+
+def learning_curve(run) -> list[list[float]]:
+    """[generator step, validation score] pairs from the run's metrics log (the selection evaluations)."""
+    path = run.dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if "val_score" in r and "gen_step" in r:
+            out[int(r["gen_step"])] = float(r["val_score"])
+    return [[k, v] for k, v in sorted(out.items())]
+
+
+def plot_learning_curve(path, curve, ylabel: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.plot([c[0] for c in curve], [c[1] for c in curve], marker=".")
+    ax.set_xlabel("generator step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def digits_metrics(x, feat_net, ref_x, ref_y) -> dict:
@@ -161,7 +193,7 @@ def quick_score(cfg, S, G, dev) -> float:
         from common.metrics.fid import digits_feature_net
 
         x, _ = sample_student(S, G, 500, g, dev, cfg.eval_batch)
-        ref_x, ref_y = _digits_ref()
+        ref_x, ref_y = _digits_ref("train")
         return digits_metrics(x, digits_feature_net(), ref_x, ref_y)["FD-digitsCNN"]
     return float("nan")
 
@@ -240,16 +272,16 @@ def evaluate(cfg, run, S, G, state, paper: str, train_wall_time_s=None, ema=()) 
         from common.metrics.fid import digits_feature_net
 
         feat = digits_feature_net()
-        ref_x, ref_y = _digits_ref()
+        ref_x, ref_y = _digits_ref("test")
         fn = lambda x: digits_metrics(x, feat, ref_x, ref_y)  # noqa: E731
         dataset = "sklearn digits 8x8"
         protocol = {
             "samples": n,
-            "reference": "digits train split (1437 images)",
+            "reference": "digits held-out test split (360 images; teacher and student train on the 1437 train images)",
             "feature net": "common.metrics.fid.digits_feature_net (128-d)",
             "metric": "FD-digitsCNN (not Inception FID)",
             "precision/recall": "k=3 on the same features",
-            "best": "lowest validation FD on 500 separate samples",
+            "best": "lowest validation FD (500 separate samples against the train split) during training",
         }
         if run.is_main:
             _grid(run.path("samples_student.png"), x_last)
@@ -273,7 +305,13 @@ def evaluate(cfg, run, S, G, state, paper: str, train_wall_time_s=None, ema=()) 
         "teacher_nfe": teacher_nfe,
         "teacher_sampling_throughput": thr_teacher,
         "run_dir": str(run.dir),
+        "learning_curve": learning_curve(run),  # validation score vs generator step (every eval_every updates)
     }
+    if run.is_main and extra["learning_curve"]:
+        ylabel = "validation SWD" if cfg.task == "toy2d" else "validation FD-digitsCNN (train split)"
+        plot_learning_curve(
+            run.path("learning_curve.png"), extra["learning_curve"], ylabel, f"{cfg.preset} seed {cfg.seed}"
+        )
     if run.is_main:
         rec = make_record(
             paper=paper,

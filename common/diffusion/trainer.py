@@ -245,7 +245,7 @@ def train_loop(
         gen_step = it // o.ttur_ratio
         if turn and eval_every and score_fn is not None and gen_step % eval_every == 0 and gen_step > 0:
             score = score_fn(G_raw)  # selection metric on a validation set
-            logs["val_score"] = score
+            run.log(it, gen_step=gen_step, val_score=score)  # every point of the learning curve, whatever log_every
             if state["best"] is None or score < state["best"]["score"]:
                 state["best"] = {"score": score, "gen_step": gen_step}
                 best_state = generator_state(acc, G, sharded)  # every rank: a collective call under FSDP
