@@ -3,6 +3,7 @@ fake score (init_from) and the SDXL FSDP config."""
 
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -51,3 +52,26 @@ def test_fsdp_config_parses_as_accelerate_fsdp():
     assert cfg["fsdp_config"]["fsdp_sharding_strategy"] == "HYBRID_SHARD"
     assert cfg["fsdp_config"]["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
     assert load_config_from_file(str(path)).distributed_type == "FSDP"
+
+
+def test_sdxl_generator_starts_from_a_bare_unet_state_dict(tmp_path):
+    """The official SDXL 1-step run starts its generator from a regression-pretrained UNet saved as a bare state dict
+    (.bin); init_from loads such a file into the generator's backbone, strictly, and leaves the teacher alone."""
+    import dataclasses
+
+    from common.diffusion.tasks import ConfigError, build
+
+    cfg = dataclasses.replace(PRESETS["sdxl-smoke"], cache_dir=str(tmp_path / "cache"))
+    unet = build(cfg).generator.unet
+    regressed = {
+        k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in unet.state_dict().items()
+    }
+    torch.save(regressed, tmp_path / "regression_checkpoint_model_002000.bin")
+    S = build(dataclasses.replace(cfg, init_from=str(tmp_path / "regression_checkpoint_model_002000.bin")))
+    got = S.generator.unet.state_dict()
+    assert all(torch.equal(got[k], regressed[k]) for k in regressed)
+    teacher = S.teacher.unet.state_dict() if hasattr(S.teacher, "unet") else {}
+    assert not teacher or not all(torch.equal(teacher[k], regressed[k]) for k in regressed if k in teacher)
+    torch.save({k: v for k, v in list(regressed.items())[1:]}, tmp_path / "partial.bin")  # a key missing: refused
+    with pytest.raises(ConfigError, match="does not fit the generator"):
+        build(dataclasses.replace(cfg, init_from=str(tmp_path / "partial.bin")))

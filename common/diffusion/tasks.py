@@ -504,9 +504,10 @@ def draw_batches(S: Setup, device):
 def init_weights_from(net: nn.Module, source: str, key: str = "generator") -> str:
     """Weights-only initialisation (not a resume: no optimiser, step or RNG state; any config may load it).
 
-    source: a weights file (.safetensors, or .pt/.pth holding a state dict or a checkpoint with objects[key]), a
-    folder saved by save_small_denoiser (model.safetensors or unet/), or a run folder (its `student/` export, else
-    its latest checkpoint's `key`). Every key must match: a partial load is an error, never silent."""
+    source: a weights file (.safetensors, or .pt/.pth/.bin holding a state dict or a checkpoint with objects[key]),
+    a folder saved by save_small_denoiser (model.safetensors or unet/), or a run folder (its `student/` export, else
+    its latest checkpoint's `key`). A state dict of the bare backbone (the UNet / transformer inside a wrapped
+    student) loads into the backbone. Every key must match: a partial load is an error, never silent."""
     from pathlib import Path
 
     p = Path(source)
@@ -534,6 +535,12 @@ def init_weights_from(net: nn.Module, source: str, key: str = "generator") -> st
     else:
         raise ConfigError(f"init_from: {source} is neither a weights file nor a run folder")
     target = getattr(net, "net", net) if not any(k.startswith("net.") for k in state) else net  # VPDenoiser
+    backbone = getattr(net, "unet", None)
+    if isinstance(backbone, nn.Module) and isinstance(state, dict) and set(state) == set(backbone.state_dict()):
+        # a bare backbone state dict, e.g. the official DMD2 SDXL generator after its LPIPS regression on teacher
+        # ODE pairs (sdxl_lr1e-5_8node_ode_pretraining_10k_cond399_checkpoint_model_002000.bin, a UNet state dict
+        # that main/sd_unified_model.py loads into the generator through --generator_ckpt_path)
+        target = backbone
     try:
         missing, unexpected = target.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches

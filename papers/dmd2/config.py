@@ -149,8 +149,9 @@ SD15_STAGE2 = dataclasses.replace(
 
 # SDXL 1-step (paper Table 2; official code): CFG 8, t_cond 399, TTUR 5, GAN 5e-3 / 1e-2, lr 5e-7, batch 128 (2 x
 # 64), FSDP (papers/dmd2/accelerate_fsdp_sdxl.yaml), no gradient checkpointing. The official run starts the generator
-# from an LPIPS-regression checkpoint (sdxl_lr1e-5_8node_ode_pretraining_10k_cond399_checkpoint_model_002000.bin);
-# loading it is not wired here (see README). Follows
+# from an LPIPS-regression checkpoint (sdxl_lr1e-5_8node_ode_pretraining_10k_cond399_checkpoint_model_002000.bin, a
+# bare UNet state dict): pass it as --set init_from=<that .bin> (the regression stage itself is not implemented here;
+# without it the generator starts from the teacher). Follows
 # experiments/sdxl/sdxl_cond399_8node_lr5e-7_1step_diffusion1000_gan5e-3_guidance8_noinit_noode.sh.
 SDXL = dataclasses.replace(
     SD15,
