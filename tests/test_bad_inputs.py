@@ -115,6 +115,8 @@ CASES = [
     ("stat-unknown-preset", "papers.stat.train", lambda t: ["--preset", "nope"], "preset:"),
     ("stat-duplicate", "papers.stat.train", lambda t: ["--set", "seed=1", "seed=2"], "seed: set more than once"),
     ("stat-precision", "papers.stat.train", lambda t: ["--set", "mixed_precision=int4"], "mixed_precision:"),
+    ("stat-base-preset", "papers.stat.train", lambda t: ["--set", "base_preset=arith-longg"], "base_preset:"),
+    ("stat-eval-sets", "papers.stat.train", lambda t: ["--preset", "math", "--set", "eval_sets=math501"], "eval_sets:"),
     ("build-malformed", "results.build", lambda t: ["--raw", str(_records(t, b"{bad"))], "malformed JSON"),
     ("build-not-utf8", "results.build", lambda t: ["--raw", str(_records(t, b"\xff\xfe\x00"))], "not UTF-8"),
     (

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 from common.config import BaseConfig, ConfigError, cfg_field
 
+EVAL_SETS = ("math500", "math_test", "math_d", "gsm8k", "aime24", "aime25", "amc23")  # full scale (task=math)
 METHODS = ("base", "sft", "hard", "embed_sel", "stat_sel", "stat_syn", "stat_sel_shuffled", "uniform")
 
 
@@ -173,6 +174,9 @@ class Config(BaseConfig):
                 raise ConfigError(f"{name}: unknown skill(s) {bad}; choose from {list(SKILLS)}")
         if self.skill_mix == "calibrated" and not self.rare_skills:
             raise ConfigError("rare_skills: the calibrated mix needs at least one rare skill")
+        bad = [x.strip() for x in self.eval_sets.split(",") if x.strip() and x.strip() not in EVAL_SETS]
+        if bad:
+            raise ConfigError(f"eval_sets: unknown set(s) {bad}; choose from {list(EVAL_SETS)}")
         if self.task == "math" and self.teacher == "oracle" and not self.tiny_random:
             raise ConfigError("teacher: the oracle teacher only knows the arithmetic chains; use openai or hf for MATH")
 
