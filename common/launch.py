@@ -182,12 +182,25 @@ class Run:
             mininterval=2.0,
         )
 
-    def finish(self) -> None:
-        """End trackers and tear down the process group so gloo workers exit cleanly."""
+    def finish(self, close: bool = True) -> None:
+        """End trackers and, with ``close``, tear down the process group so gloo workers exit cleanly.
+
+        A pipeline that starts several runs in one process (e.g. a base run, then a fine-tuning run) passes
+        ``close=False`` for all but its last: Accelerate keeps its process state in a singleton that does not
+        initialise a destroyed group again, so the next run's first collective would fail."""
         self.accelerator.wait_for_everyone()
-        self.accelerator.end_training()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        if close:
+            self.accelerator.end_training()  # finishes the trackers and destroys the group
+            close_distributed()
+        else:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+
+
+def close_distributed() -> None:
+    """Tear down the default process group, if any (the end of a multi-run pipeline; see ``Run.finish``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 # Keys that may change when a run is resumed (extend training, log or checkpoint differently).

@@ -47,7 +47,7 @@ from papers.stat.pipeline import (
     stat_sel,
     stat_syn,
 )
-from papers.stat.sft import epoch_order, main_process_only, sft_loop
+from papers.stat.sft import epoch_order, main_process_only, process_micro_batches, sft_loop
 from papers.stat.skills import SKILLS_BY_SUBJECT
 
 PAPER = "stat"
@@ -399,9 +399,7 @@ def lora_sft(cfg, run, model, tok, items) -> None:
     order = epoch_order(len(items), cfg.ft_epochs, cfg.seed * 1000)
 
     def micro_batches(step):
-        chunk = order[step * cfg.global_batch : (step + 1) * cfg.global_batch]
-        chunk = chunk[run.accelerator.process_index :: run.world_size]
-        return [chunk[k : k + run.per_device_batch] for k in range(0, len(chunk), run.per_device_batch)]
+        return process_micro_batches(order[step * cfg.global_batch : (step + 1) * cfg.global_batch], run)
 
     def loss_of(m, idx):
         seqs, labs = [], []

@@ -57,6 +57,22 @@ class TrainableState:
         self.model.load_state_dict(state, strict=False)
 
 
+def process_micro_batches(items: list, run) -> list[list]:
+    """This process's micro-batches of one optimizer step whose global batch is ``items``.
+
+    The global batch is cut in order into world_size x grad_accum near-equal micro-batches and process r takes the
+    r-th run of grad_accum of them. Every loss is a mean over its micro-batch and Accelerate averages micro-batches
+    (accumulation) and processes (DDP) alike, so a step is the same for any layout of the global batch over
+    processes (1 x 4 micro-batches == 2 x 2), and every step has exactly grad_accum micro-batches (a short last
+    batch of an epoch is spread, not dropped, and the optimizer still steps)."""
+    k = run.world_size * run.grad_accum
+    if len(items) < k:
+        raise ValueError(f"a global batch of {len(items)} items cannot fill {k} micro-batches")
+    cut = [j * len(items) // k for j in range(k + 1)]
+    r = run.accelerator.process_index
+    return [items[cut[j] : cut[j + 1]] for j in range(r * run.grad_accum, (r + 1) * run.grad_accum)]
+
+
 def main_process_only(run, fn):
     """``fn()`` (a pair) on the main process only, e.g. teacher calls; the result is broadcast to every process."""
     payload = list(fn()) if run.is_main else [None, None]

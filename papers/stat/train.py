@@ -33,7 +33,7 @@ import torch
 
 from common.checkpoint import atomic_dir, atomic_write_json, atomic_write_text, complete_dir
 from common.config import config_to_dict, parse_cli
-from common.launch import peak_memory_mb, start
+from common.launch import close_distributed, peak_memory_mb, start
 from common.results import IDENTITY_IGNORED, make_record, write_record
 from papers.stat.arith import SKILLS, Reserve, parse_question, readable_item
 from papers.stat.config import PRESETS, Config
@@ -49,20 +49,19 @@ from papers.stat.pipeline import (
     stat_sel,
     stat_syn,
 )
-from papers.stat.sft import epoch_order, main_process_only, sft_loop
+from papers.stat.sft import epoch_order, main_process_only, process_micro_batches, sft_loop
 from papers.stat.teacher import OracleTeacher
 
 N_MISSING_REPORTED = 3  # skills counted as "missing" in acc_missing_skills: the top-3 of the profile
 
 
 def train_loop(run, cfg, model, batches, total_steps: int, lr: float, ckpt_dir: Path, tag: str, on_step=None) -> None:
-    """Plain SFT (the shared loop of sft.py); ``batches(step)`` returns the (question, solution) pairs of a step."""
+    """Plain SFT (the shared loop of sft.py); ``batches(step)`` returns the (question, solution) pairs of a step's
+    global batch, the same on every process (each trains on its own share of it)."""
     codec = CharCodec()
 
     def micro_batches(step):
-        pairs = batches(step)
-        micro = max(1, len(pairs) // run.grad_accum)
-        return [pairs[k * micro : (k + 1) * micro] for k in range(run.grad_accum)]
+        return process_micro_batches(batches(step), run)
 
     def loss_of(m, pairs):
         return sft_loss(m, *encode_batch(pairs, codec, run.device))
@@ -169,12 +168,13 @@ def train_base(cfg: Config) -> Path:
     val_sub = sets.val[: min(500, len(sets.val))]
     curve, skill_curve = [], []
 
-    def batches(step):  # fresh samples of P every step: plain SFT with unlimited data
-        rng = random.Random(hash((cfg.seed, step, run.accelerator.process_index)) & 0xFFFFFFFF)
-        return [(p.question, p.solution) for p in gen.sample_many(run.per_device_batch * run.grad_accum, rng)]
+    def batches(step):  # fresh samples of P every step (plain SFT with unlimited data): one global batch per step,
+        # drawn alike on every process from (seed, step) alone, so the run does not depend on the number of processes
+        rng = random.Random(hash((cfg.seed, step, 0)) & 0xFFFFFFFF)
+        return [(p.question, p.solution) for p in gen.sample_many(bcfg.global_batch, rng)]
 
-    def on_step(step, m):
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+    def on_step(step, m):  # monitoring on the main process only (the curve is written there)
+        if run.is_main and (step % cfg.eval_every == 0 or step == cfg.steps):
             from papers.stat.eval import accuracy
 
             acc = 100 * accuracy(val_sub, greedy_solve(m, [p.question for p in val_sub], codec))
@@ -203,7 +203,7 @@ def train_base(cfg: Config) -> Path:
         cpu = time.process_time() - t_cpu + (json.loads(prev.read_text()).get("cpu_time_s", 0) if prev.exists() else 0)
         atomic_write_json({"curve": curve, "skill_curve": skill_curve, "cpu_time_s": cpu}, prev)
         _plot_curve(curve, run.dir / "saturation_curve.png")
-    run.finish()
+    run.finish(close=False)  # the pipeline goes on in this process group
     return folder
 
 
@@ -251,7 +251,7 @@ def base_stage(cfg: Config, sets, t_start: float):
             },
         )
         write_record(rec, cfg.results_dir, same_config=False)  # the base does not depend on the method
-    run.finish()
+    run.finish(close=False)  # the pipeline goes on in this process group
     return model, prof
 
 
@@ -411,6 +411,7 @@ def run_arith(cfg: Config) -> Path | None:
     sets = make_eval_sets(cfg, cfg.seed)
     base, prof = base_stage(cfg, sets, t_start)
     if cfg.method == "base":
+        close_distributed()
         return None
     rec_preset, rec_method = cfg.preset, cfg.method
     if cfg.lr_grid:  # a learning-rate grid run: its own folder and record name, never a claim record
@@ -425,7 +426,6 @@ def run_arith(cfg: Config) -> Path | None:
 
     def batches(step):
         idx = order[(step * per_step) % len(order) :][:per_step]
-        idx = idx[run.accelerator.process_index :: run.world_size]
         return [items[i] for i in idx]
 
     t_ft = time.time()
