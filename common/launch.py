@@ -203,6 +203,24 @@ def close_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
+def map_sharded(run: Run, items: list, fn, chunk: int = 1) -> list:
+    """``fn(part, index)`` over consecutive chunks of ``chunk`` items, the chunks split between the processes
+    (Accelerate's ``split_between_processes``: a contiguous share each) and the outputs, one list per chunk, gathered
+    back to every process in the original order (``gather_object``). Every process must call it. The chunks do not
+    depend on the number of processes, so when ``fn`` depends only on its chunk and index (seed any sampling from
+    the index) the result is the same for any world size."""
+    if chunk < 1:
+        raise ValueError(f"chunk: {chunk} must be at least 1")
+    parts = [items[k : k + chunk] for k in range(0, len(items), chunk)]
+    if run.world_size == 1:
+        return [y for i, part in enumerate(parts) for y in fn(part, i)]
+    from accelerate.utils import gather_object
+
+    with run.accelerator.split_between_processes(list(range(len(parts)))) as mine:
+        local = [list(fn(parts[i], i)) for i in mine]
+    return [y for out in gather_object(local) for y in out]
+
+
 # Keys that may change when a run is resumed (extend training, log or checkpoint differently).
 # out_dir is where the folder lives, not what it holds: a moved folder (or `./runs` for `runs`) resumes.
 RESUMABLE_CHANGES = frozenset(

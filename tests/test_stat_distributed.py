@@ -3,6 +3,9 @@ pipeline and the sharded generation of the full-scale one give what one process 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +14,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from loop_equivalence import assert_same, final_state, run_both  # noqa: E402
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 def test_arith_loop_two_processes_with_accumulation_match_one_loopback(tmp_path):
@@ -26,3 +31,52 @@ def test_arith_loop_two_processes_with_accumulation_match_one_loopback(tmp_path)
     # the fine-tuning moved the weights: the comparison above is not of the base twice
     moved = [k for k, v in one["objects"]["model"].items() if not torch.equal(v, base[0]["objects"]["model"][k])]
     assert moved
+
+
+def _answers(tmp: Path, nproc: int) -> list[dict]:
+    out = tmp / f"gen{nproc}"
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc), str(ROOT / "tests/stat_generate_worker.py")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([*cmd, str(out)], cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(nproc)]
+
+
+def test_generation_is_split_between_processes_and_gathered_in_order_loopback(tmp_path):
+    """Full-scale generation (pass@1 at T = 0.1 and k samples at T = 1): 2 processes each generate their share of the
+    prompts, and both hold all answers in the original order, equal to what 1 process generates alone."""
+    (one,) = _answers(tmp_path, 1)
+    two = _answers(tmp_path, 2)
+    assert one["prompts"] == 11 + 5 and len(one["pass1"]) == 11 and len(one["k"]) == 15
+    assert len(set(one["pass1"])) > 1 and len(set(one["k"])) > 5  # sampled, distinct answers: the order is checked
+    for rank in two:
+        assert rank["world_size"] == 2
+        assert rank["pass1"] == one["pass1"] and rank["k"] == one["k"]
+    # batches of 3 questions: 4 batches -> 2 + 2; 5 single-question batches -> 3 + 2
+    assert [r["prompts"] for r in two] == [6 + 3, 5 + 2]
+
+
+def test_full_scale_frozen_weights_keep_the_configured_precision():
+    """The frozen student base (and PRM) hold their weights in the dtype of ``mixed_precision``; only the LoRA
+    parameters are fp32."""
+    from dataclasses import replace
+
+    from papers.stat.config import PRESETS
+    from papers.stat.fullscale import add_lora, load_causal_lm
+
+    for precision, frozen in (("bf16", torch.bfloat16), ("no", torch.float32)):
+        cfg = replace(PRESETS["math-smoke"], mixed_precision=precision)
+        model = add_lora(cfg, load_causal_lm(cfg, cfg.model_name, trainable=True)[0])
+        dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
+        assert dtypes == {(False, frozen), (True, torch.float32)}, (precision, dtypes)
+        prm = load_causal_lm(cfg, cfg.prm_model, trainable=False)[0]
+        assert {p.dtype for p in prm.parameters()} == {frozen}
+
+
+def test_full_scale_lora_loop_two_processes_with_accumulation_match_one_loopback(tmp_path):
+    """The LoRA SFT loop of the full-scale pipeline through its entry point (math-smoke, MATH-Train baseline):
+    2 processes x 2 micro-batches == 1 process x 4 (LoRA dropout off: its masks are drawn per process)."""
+    sets = ["method=sft", "lora_dropout=0", "eval_sets=math500", "eval_limit=2"]
+    one, two = run_both("papers.stat.train", "math-smoke", sets, tmp_path, global_batch=4)
+    assert one["step"] == two["step"] == 3  # math_budget 12 / global batch 4
+    assert assert_same(one, two, ["model"]) > 0

@@ -30,12 +30,13 @@ import math
 import random
 import sys
 import time
+import zlib
 from dataclasses import replace
 
 import torch
 
 from common.checkpoint import atomic_write_json, atomic_write_text
-from common.launch import peak_memory_mb, start
+from common.launch import map_sharded, peak_memory_mb, start
 from common.results import make_record, write_record
 from papers.stat.mathtext import CHECKER_VERSION, is_equiv, last_boxed
 from papers.stat.pipeline import (
@@ -93,7 +94,17 @@ def tiny_tokenizer():
     return t
 
 
+WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
+
+
+def weight_dtype(cfg) -> torch.dtype:
+    """The dtype of the frozen weights (student base, PRM): the compute precision of ``mixed_precision``. Only the
+    trainable LoRA parameters are fp32 (``add_lora``; ARCHITECTURE rule 9)."""
+    return WEIGHT_DTYPES[cfg.mixed_precision]
+
+
 def load_causal_lm(cfg, name: str, trainable: bool):
+    """(model, tokenizer) with every weight in ``weight_dtype(cfg)`` (4-bit NF4 for a QLoRA student)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     if cfg.tiny_random:
@@ -113,21 +124,18 @@ def load_causal_lm(cfg, name: str, trainable: bool):
                 bos_token_id=1,
             )
         )
-        return model, tok
+        return model.to(weight_dtype(cfg)), tok
     tok = AutoTokenizer.from_pretrained(name)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    kw = {"dtype": torch.bfloat16 if torch.cuda.is_available() else torch.float32}
+    kw = {"dtype": weight_dtype(cfg)}
     if cfg.load_in_4bit and trainable:
         from transformers import BitsAndBytesConfig
 
         kw["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
         )
-    model = AutoModelForCausalLM.from_pretrained(name, **kw)
-    if trainable and not cfg.load_in_4bit:
-        model = model.float()  # trainable weights stay fp32 (ARCHITECTURE rule 9); bf16 autocast in the forward
-    return model, tok
+    return AutoModelForCausalLM.from_pretrained(name, **kw), tok
 
 
 def add_lora(cfg, model):
@@ -160,35 +168,59 @@ def chat_ids(tok, question: str, answer: str | None = None):
 
 @torch.no_grad()
 def generate(
-    cfg, model, tok, questions: list[str], device, batch_size: int = 8, temperature: float | None = None, n: int = 1
+    cfg, model, tok, questions: list[str], run, batch_size: int = 8, temperature: float | None = None, n: int = 1
 ) -> list[str]:
-    """0-shot answers (``n`` per question, consecutive); temperature cfg.temperature by default (paper: 0.1)."""
+    """0-shot answers (``n`` per question, consecutive), in the order of ``questions``; temperature cfg.temperature
+    by default (paper: 0.1).
+
+    Every process must call it: the batches of ``batch_size`` questions are split between the processes and the
+    answers gathered back to every process (``common.launch.map_sharded``). Sampling in a batch is seeded by
+    (seed, batch index, first question) under a forked RNG, so the answers do not depend on the number of processes
+    and the caller's RNG stream is left as it was."""
     temperature = cfg.temperature if temperature is None else temperature
     model.eval()
     tok.padding_side = "left"
-    out = []
-    for k in range(0, len(questions), batch_size):
+    device = run.device
+
+    def batch(qs: list[str], index: int) -> list[str]:
         prompts = [
             tok.apply_chat_template(
                 [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": q}],
                 add_generation_prompt=True,
                 tokenize=False,
             )
-            for q in questions[k : k + batch_size]
+            for q in qs
         ]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        gen = model.generate(
-            **enc,
-            max_new_tokens=cfg.max_new_tokens,
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else None,
-            num_return_sequences=n,
-            top_p=None,
-            top_k=None,
-            pad_token_id=tok.pad_token_id,
-        )
-        out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return out
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+            torch.manual_seed(zlib.crc32(f"{cfg.seed}\0{index}\0{qs[0]}".encode()))
+            gen = model.generate(
+                **enc,
+                max_new_tokens=cfg.max_new_tokens,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                num_return_sequences=n,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tok.pad_token_id,
+            )
+        return tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    return map_sharded(run, questions, batch, chunk=batch_size)
+
+
+def difficult_by_prm(cfg, run, problems: list[str], answers: list[str]) -> list[bool]:
+    """Stage 1 (Sec. 3.1): whether the PRM's step rewards mark each answer difficult (no ground truth); the items are
+    split between the processes (every process must call it)."""
+    prm, prm_tok = load_causal_lm(cfg, cfg.prm_model, trainable=False)
+    prm.to(run.device).eval()
+
+    def score(pairs, _index):
+        return [is_difficult(prm_step_rewards(prm, prm_tok, q, a, run.device), cfg.tau1, cfg.tau2) for q, a in pairs]
+
+    flags = map_sharded(run, list(zip(problems, answers)), score)
+    del prm
+    return flags
 
 
 @torch.no_grad()
@@ -333,7 +365,9 @@ class _TextOracle:
         return ["\n\n".join(x[:-1]) + f"\n\nThe answer is $\\boxed{{{x[-1][1:]}}}$." for x in sols]
 
 
-def build_train_set(cfg, run, train, val_items, val_answers, teacher) -> tuple[list[tuple[str, str]], dict]:
+def build_train_set(cfg, run, train, val_items, difficult, teacher) -> tuple[list[tuple[str, str]], dict]:
+    """Stage 3: the method's training set of exactly ``math_budget`` pairs; ``difficult``: the (item, answer) pairs
+    of Q_val that Stage 1 marked difficult (only the selection and synthesis methods use them)."""
     rng = random.Random(cfg.seed)
     info: dict = {}
     pool_q = [r["problem"] for r in train]
@@ -343,15 +377,6 @@ def build_train_set(cfg, run, train, val_items, val_answers, teacher) -> tuple[l
     if cfg.method == "hard":  # MATH-Hard: levels 4-5
         idx = [i for i, r in enumerate(train) if r.get("level") in ("Level 4", "Level 5")] or list(range(len(train)))
         return fill_budget(pairs_of(idx), cfg.math_budget, rng), info
-    # Stage 1: difficult validation questions by PRM rewards (no ground truth)
-    prm, prm_tok = load_causal_lm(cfg, cfg.prm_model, trainable=False)
-    prm.to(run.device).eval()
-    difficult = []
-    for r, ans in zip(val_items, val_answers):
-        rewards = prm_step_rewards(prm, prm_tok, r["problem"], ans, run.device)
-        if is_difficult(rewards, cfg.tau1, cfg.tau2):
-            difficult.append((r, ans))
-    del prm
     info["difficult_frac"] = len(difficult) / max(1, len(val_items))
     if cfg.method == "embed_sel":
         idx = embed_sel([r["problem"] for r, _ in difficult] or pool_q[:1], pool_q, cfg.embed_k)
@@ -361,7 +386,8 @@ def build_train_set(cfg, run, train, val_items, val_answers, teacher) -> tuple[l
     info["profile"] = dict(profile.most_common())
     # Skill-Map over the training pool (teacher labels, cached)
     skill_map = build_skill_map(pool_q, lambda q: teacher.label_skills(q, _subject_of.get(q, "")))
-    atomic_write_json({"per_question": per_q, "profile": info["profile"]}, run.path("profile.json"))
+    if run.is_main:
+        atomic_write_json({"per_question": per_q, "profile": info["profile"]}, run.path("profile.json"))
     if cfg.method == "stat_sel":
         idx = stat_sel(per_q, skill_map, cfg.m, rng)
         return fill_budget(pairs_of(idx) or pairs_of(range(len(train))), cfg.math_budget, rng), info
@@ -447,14 +473,19 @@ def run_math(cfg) -> None:
     if cfg.method != "base":
         needs_val = cfg.method in ("embed_sel", "stat_sel", "stat_syn")
 
-        def build():  # PRM, teacher and synthesis on the main process only; the result is broadcast
-            val_answers = generate(cfg, model, tok, [r["problem"] for r in val], run.device) if needs_val else []
-            return build_train_set(cfg, run, train, val, val_answers, teacher)
-
-        items, info = main_process_only(run, build)
-        atomic_write_text(
-            "".join(json.dumps({"question": q, "solution": s}) + "\n" for q, s in items), run.path("train_set.jsonl")
-        )
+        difficult = []
+        if needs_val:  # Stage 1, split between the processes: the base's answers on Q_val, scored by the PRM
+            problems = [r["problem"] for r in val]
+            answers = generate(cfg, model, tok, problems, run)
+            flags = difficult_by_prm(cfg, run, problems, answers)
+            difficult = [(r, a) for r, a, hard in zip(val, answers, flags) if hard]
+        # teacher and synthesis on the main process only; the result is broadcast
+        items, info = main_process_only(run, lambda: build_train_set(cfg, run, train, val, difficult, teacher))
+        if run.is_main:
+            atomic_write_text(
+                "".join(json.dumps({"question": q, "solution": s}) + "\n" for q, s in items),
+                run.path("train_set.jsonl"),
+            )
         if cfg.tiny_random and run.is_main:  # a random base has no Hub id: save it so the adapter can be merged
             model.save_pretrained(run.path("base_model"))
             tok.save_pretrained(run.path("base_model"))
@@ -481,12 +512,12 @@ def run_math(cfg) -> None:
         qs = [q for q, _ in items]
         if name in k_sets:  # paper: AMC23 avg@64, AIME pass@64, T = 1.0
             k = cfg.k_samples
-            answers = generate(cfg, model, tok, qs, run.device, batch_size=1, temperature=cfg.k_temperature, n=k)
+            answers = generate(cfg, model, tok, qs, run, batch_size=1, temperature=cfg.k_temperature, n=k)
             ok = [[is_equiv(last_boxed(a), g) for a in answers[i * k : (i + 1) * k]] for i, (_, g) in enumerate(items)]
             metrics[f"pass@{k}/{name}"] = 100 * sum(any(x) for x in ok) / len(items)
             metrics[f"avg@{k}/{name}"] = 100 * sum(sum(x) / k for x in ok) / len(items)
             continue
-        answers = generate(cfg, model, tok, qs, run.device)
+        answers = generate(cfg, model, tok, qs, run)
         metrics[f"acc/{name}"] = 100 * sum(is_equiv(last_boxed(a), g) for a, (_, g) in zip(answers, items)) / len(items)
     if run.is_main:
         teacher_note = teacher_used(cfg)
@@ -529,15 +560,10 @@ def math_d_items(cfg, run, model, tok, held: list[dict]) -> list[tuple[str, str]
                 f"error: {path} missing; run --set method=base seed={cfg.seed} first (MATH^D is defined "
                 "on the base student's answers)"
             )
-        answers = generate(cfg, model, tok, [r["problem"] for r in held], run.device)
-        prm, prm_tok = load_causal_lm(cfg, cfg.prm_model, trainable=False)
-        prm.to(run.device).eval()
-        hard = [
-            (r["problem"], r["answer"])
-            for r, a in zip(held, answers)
-            if is_difficult(prm_step_rewards(prm, prm_tok, r["problem"], a, run.device), cfg.tau1, cfg.tau2)
-        ]
-        del prm
+        problems = [r["problem"] for r in held]
+        answers = generate(cfg, model, tok, problems, run)
+        flags = difficult_by_prm(cfg, run, problems, answers)
+        hard = [(r["problem"], r["answer"]) for r, flag in zip(held, flags) if flag]
         if run.is_main:
             atomic_write_json({"items": hard, "of": len(held), "prm": cfg.prm_model}, path)
         return hard
