@@ -218,9 +218,7 @@ def difficult_by_prm(cfg, run, problems: list[str], answers: list[str]) -> list[
     def score(pairs, _index):
         return [is_difficult(prm_step_rewards(prm, prm_tok, q, a, run.device), cfg.tau1, cfg.tau2) for q, a in pairs]
 
-    flags = map_sharded(run, list(zip(problems, answers)), score)
-    del prm
-    return flags
+    return map_sharded(run, list(zip(problems, answers)), score)  # the PRM is freed on return
 
 
 @torch.no_grad()
