@@ -225,3 +225,31 @@ def test_sdxl_starts_from_a_given_generator(tmp_path):
 
     a, b = load_file(str(weights)), load_file(str(_dir(tmp_path, "second") / "initial_generator.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_both_stages_two_processes_with_accumulation_match_one_loopback(tmp_path):
+    """DisBack through its entry point: 2 gloo processes x 2 micro-batches end where 1 process x 4 micro-batches ends,
+    in stage 1 (the degrading copy and the nodes it records: every step draws the whole global batch, one RNG stream
+    per global micro-batch) and in stage 2 (generator and fake score on the shared loop). The teacher and G^0 come
+    from one shared cache, so both runs start from the same networks."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from loop_equivalence import assert_same, final_state, run_both
+
+    sets = [f"cache_dir={tmp_path}/cache", "run_name=eq"]
+    one, two = run_both("papers.disback.train", "toy2d-smoke", sets, tmp_path, global_batch=16)
+    runs = [tmp_path / p / "runs/disback/eq" for p in ("p1", "p2")]
+    stage2 = [final_state(r / "checkpoints") for r in runs]
+    assert stage2[0]["step"] == stage2[1]["step"] == 4
+    assert assert_same(*stage2, ["generator", "fake"]) > 0
+    stage1 = [final_state(r / "stage1") for r in runs]
+    assert stage1[0]["step"] == stage1[1]["step"] == 2
+    assert assert_same(*stage1, ["aux"]) > 0
+    from safetensors.torch import load_file
+
+    nodes = sorted((runs[0] / "path").glob("node_*.safetensors"))
+    assert len(nodes) == 2
+    for node in nodes:
+        a, b = (load_file(r / "path" / node.name) for r in runs)
+        assert a.keys() == b.keys()
+        for k, v in a.items():
+            torch.testing.assert_close(b[k], v, rtol=1e-4, atol=1e-5, msg=f"{node.name}: {k} differs")

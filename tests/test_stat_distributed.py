@@ -76,7 +76,7 @@ def test_full_scale_frozen_weights_keep_the_configured_precision():
 def test_full_scale_lora_loop_two_processes_with_accumulation_match_one_loopback(tmp_path):
     """The LoRA SFT loop of the full-scale pipeline through its entry point (math-smoke, MATH-Train baseline):
     2 processes x 2 micro-batches == 1 process x 4 (LoRA dropout off: its masks are drawn per process)."""
-    sets = ["method=sft", "lora_dropout=0", "eval_sets=math500", "eval_limit=2"]
-    one, two = run_both("papers.stat.train", "math-smoke", sets, tmp_path, global_batch=4)
-    assert one["step"] == two["step"] == 3  # math_budget 12 / global batch 4
+    sets = ["method=sft", "math_budget=16", "lora_dropout=0", "eval_sets=math500", "eval_limit=2"]
+    one, two = run_both("papers.stat.train", "math-smoke", sets, tmp_path, global_batch=8)  # micro-batches of 2
+    assert one["step"] == two["step"] == 2  # math_budget 16 / global batch 8
     assert assert_same(one, two, ["model"]) > 0

@@ -18,6 +18,7 @@ Left out: the SDXL code's GAN head during stage 1 (its D-loss on real latents), 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sys
@@ -91,25 +92,32 @@ def record_path(cfg, run, S, draw) -> TeacherPath:
     aux, opt = acc.prepare(aux, opt)
     step = make_step(cfg, S, G0, aux, teacher_target(cfg, S))
     step.head = None  # the SDXL code's stage-1 GAN head is left out
-    g = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + acc.process_index)
+    # One RNG stream per micro-batch of the global batch (global index rank * accum + j), so that the samples of a
+    # step do not depend on how the global batch is laid out over processes and accumulation (1 x 4 == 2 x 2).
+    n, accum = run.per_device_batch, run.grad_accum
+    gens = [torch.Generator().manual_seed(cfg.seed * 1000 + 500 + acc.process_index * accum + j) for j in range(accum)]
     ckpt = Checkpointer(run.dir / "stage1", keep=2, accelerator=acc)
-    objects = {"aux": aux, "opt": opt, "rng": g}
+    objects = {"aux": aux, "opt": opt, "rng": gens[0], **{f"rng{j}": g for j, g in enumerate(gens) if j}}
     start_step, extra = ckpt.resume(objects)
     cpu = extra.get("cpu_time_s", 0.0)
     t_cpu = time.process_time()
-    n = run.per_device_batch
     bar = run.progress(
         range(start_step, path.stage1_steps), total=path.stage1_steps, initial=start_step, desc="stage 1"
     )
     for it in bar:
-        b = draw(n, g)
-        x_in, idx, k = step.make_input(b.z, b.cond, b.real, g)
-        with torch.no_grad(), acc.autocast():
-            out = step.generate(G0, x_in, idx, k, b.cond)  # x0 = G^0(z), G^0 fixed (Alg. 1, line 3)
-        with acc.autocast():
-            loss, logs = step.critic_loss(out, b.cond, None, None, g)  # Eq. 7
-        check_finite("stage-1 loss", loss.item(), it)
-        acc.backward(loss)
+        micro_logs = []
+        for j, g in enumerate(gens):  # the whole global batch per step: accum micro-batches on every process
+            b = draw(n, g)
+            x_in, idx, k = step.make_input(b.z, b.cond, b.real, g)
+            with torch.no_grad(), acc.autocast():
+                out = step.generate(G0, x_in, idx, k, b.cond)  # x0 = G^0(z), G^0 fixed (Alg. 1, line 3)
+            last = j == accum - 1  # DDP reduces the gradients on the last micro-batch only
+            with contextlib.nullcontext() if last else acc.no_sync(aux), acc.autocast():
+                loss, logs = step.critic_loss(out, b.cond, None, None, g)  # Eq. 7
+                check_finite("stage-1 loss", loss.item(), it)
+                acc.backward(loss)  # accelerate divides by the accumulation count
+            micro_logs.append(logs)
+        logs = {key: sum(d[key] for d in micro_logs) / len(micro_logs) for key in micro_logs[0]}
         if cfg.grad_clip:
             acc.clip_grad_norm_(aux.parameters(), cfg.grad_clip)
         opt.step()
