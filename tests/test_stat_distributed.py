@@ -80,3 +80,39 @@ def test_full_scale_lora_loop_two_processes_with_accumulation_match_one_loopback
     one, two = run_both("papers.stat.train", "math-smoke", sets, tmp_path, global_batch=8)  # micro-batches of 2
     assert one["step"] == two["step"] == 2  # math_budget 16 / global batch 8
     assert assert_same(one, two, ["model"]) > 0
+
+
+def _fake_run(world_size: int, rank: int, grad_accum: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        world_size=world_size, grad_accum=grad_accum, accelerator=SimpleNamespace(process_index=rank)
+    )
+
+
+def test_process_micro_batches_are_the_global_micro_batches_for_any_layout():
+    import pytest
+
+    from papers.stat.sft import process_micro_batches
+
+    for n in (8, 11):  # even, and a short last batch of an epoch
+        items = list(range(n))
+        one = process_micro_batches(items, _fake_run(1, 0, 4))
+        two = [mb for r in (0, 1) for mb in process_micro_batches(items, _fake_run(2, r, 2))]
+        assert one == two and len(one) == 4 and sum(one, []) == items  # nothing dropped, same grouping
+        assert max(map(len, one)) - min(map(len, one)) <= 1
+    with pytest.raises(ValueError, match="cannot fill 4 micro-batches"):
+        process_micro_batches([1, 2, 3], _fake_run(2, 0, 2))
+
+
+def test_map_sharded_in_one_process_keeps_the_order_and_rejects_a_bad_chunk():
+    import pytest
+
+    from common.launch import map_sharded
+
+    run = _fake_run(1, 0, 1)
+    out = map_sharded(run, list(range(7)), lambda part, i: [(i, x) for x in part], chunk=3)
+    assert out == [(0, 0), (0, 1), (0, 2), (1, 3), (1, 4), (1, 5), (2, 6)]
+    assert map_sharded(run, [], lambda part, i: part) == []
+    with pytest.raises(ValueError, match="chunk"):
+        map_sharded(run, [1], lambda part, i: part, chunk=0)
