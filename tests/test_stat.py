@@ -339,6 +339,15 @@ def test_math_smoke_lora_adapter_and_merge(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged").config.model_type == "llama"
 
 
+def test_math_smoke_answers_cut_off_by_max_seq_len_are_a_clear_error(tmp_path):
+    from common.config import ConfigError
+    from papers.stat.train import main
+
+    args = ["--preset", "math-smoke", "--set", f"out_dir={tmp_path}/runs", f"results_dir={tmp_path}/raw"]
+    with pytest.raises(ConfigError, match="max_seq_len: 96 tokens cut off every answer"):
+        main(args + ["method=sft", "max_seq_len=96"])
+
+
 def test_boxed_answer_checker():
     from papers.stat.mathtext import is_equiv, last_boxed
 

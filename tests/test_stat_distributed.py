@@ -4,6 +4,7 @@ pipeline and the sharded generation of the full-scale one give what one process 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -80,6 +81,10 @@ def test_full_scale_lora_loop_two_processes_with_accumulation_match_one_loopback
     one, two = run_both("papers.stat.train", "math-smoke", sets, tmp_path, global_batch=8)  # micro-batches of 2
     assert one["step"] == two["step"] == 2  # math_budget 16 / global batch 8
     assert assert_same(one, two, ["model"]) > 0
+    for p in ("p1", "p2"):  # it trained on answer tokens (a finite loss), so the comparison is not of no-ops
+        log = (tmp_path / p / "runs/stat/math-smoke/sft-seed0/metrics.jsonl").read_text().splitlines()
+        losses = [json.loads(x)["lora-sft/loss"] for x in log if "lora-sft/loss" in x]
+        assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses), losses
 
 
 def _fake_run(world_size: int, rank: int, grad_accum: int):

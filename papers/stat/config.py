@@ -313,7 +313,7 @@ def smoke(cfg: Config) -> Config:
         optim="adamw",
         eval_limit=4,
         max_new_tokens=8,
-        max_seq_len=96,
+        max_seq_len=256,  # the chat prompt alone is ~120 character tokens: every answer must fit after it
         mixed_precision="no",
         threads=1,
         log_every=1,

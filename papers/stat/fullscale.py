@@ -36,6 +36,7 @@ from dataclasses import replace
 import torch
 
 from common.checkpoint import atomic_write_json, atomic_write_text
+from common.config import ConfigError
 from common.launch import map_sharded, peak_memory_mb, start
 from common.results import make_record, write_record
 from papers.stat.mathtext import CHECKER_VERSION, is_equiv, last_boxed
@@ -431,6 +432,11 @@ def lora_sft(cfg, run, model, tok, items) -> None:
             p, a = chat_ids(tok, *items[i])
             seqs.append((p + a)[: cfg.max_seq_len])
             labs.append(([-100] * len(p) + a)[: cfg.max_seq_len])
+        if all(x == -100 for lab in labs for x in lab[1:]):  # the loss would be 0 / 0
+            raise ConfigError(
+                f"max_seq_len: {cfg.max_seq_len} tokens cut off every answer of a micro-batch (prompts of "
+                f"{min(len(chat_ids(tok, items[i][0])) for i in idx)}+ tokens); raise it"
+            )
         n = max(map(len, seqs))
         ids = torch.tensor([s + [tok.pad_token_id] * (n - len(s)) for s in seqs], device=run.device)
         labels = torch.tensor([s + [-100] * (n - len(s)) for s in labs], device=run.device)
