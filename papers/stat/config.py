@@ -177,6 +177,9 @@ class Config(BaseConfig):
         bad = [x.strip() for x in self.eval_sets.split(",") if x.strip() and x.strip() not in EVAL_SETS]
         if bad:
             raise ConfigError(f"eval_sets: unknown set(s) {bad}; choose from {list(EVAL_SETS)}")
+        presets = globals().get("PRESETS")  # None while the presets themselves are being defined
+        if self.base_preset and presets is not None and self.base_preset not in presets:
+            raise ConfigError(f"base_preset: unknown preset {self.base_preset!r}; choose from {sorted(presets)}")
         if self.task == "math" and self.teacher == "oracle" and not self.tiny_random:
             raise ConfigError("teacher: the oracle teacher only knows the arithmetic chains; use openai or hf for MATH")
 

@@ -207,11 +207,21 @@ def train_base(cfg: Config) -> Path:
     return folder
 
 
+def base_source(cfg: Config, seed: int) -> Config:
+    """The config whose base student this run uses: its own, or with ``base_preset`` that preset's (the student is
+    shared with that preset's runs, so it must be trained, and found in the cache, by that preset's config; this
+    run's folders and threads)."""
+    if not cfg.base_preset:
+        return replace(cfg, seed=seed)
+    keep = {k: getattr(cfg, k) for k in (*IDENTITY_IGNORED, "threads") if hasattr(cfg, k)}
+    return replace(PRESETS[cfg.base_preset], seed=seed, **keep)
+
+
 def base_stage(cfg: Config, sets, t_start: float):
     """Load (training if needed) the saturated base, build this seed's Missing-Skill-Profile, write its record."""
     base_seed = cfg.base_seed if cfg.base_seed >= 0 else cfg.seed
     t_cpu = time.process_time()
-    folder = train_base(replace(cfg, seed=base_seed, preset=cfg.base_preset or cfg.preset))
+    folder = train_base(base_source(cfg, base_seed))
     bcfg = base_config(cfg)
     run = start(bcfg, PAPER)
     codec = CharCodec()
