@@ -170,8 +170,9 @@ def write_claim_records(results_dir, seeds, preset=PRESET) -> dict:
 def _cell(vals):
     if not vals:
         return "-"
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{statistics.fmean(vals):.3f} ± {sd:.3f}"
+    if len(vals) == 1:  # one seed: no spread to show
+        return f"{vals[0]:.3f}"
+    return f"{statistics.fmean(vals):.3f} ± {statistics.stdev(vals):.3f}"
 
 
 def divergence_table(recs, keys, title) -> list[str]:
