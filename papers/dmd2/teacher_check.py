@@ -60,7 +60,9 @@ def per_sigma_errors(teacher, x_test, x_train, sigmas=SIGMAS, seed=0) -> list[di
         with torch.no_grad():
             d_t = teacher(xt, torch.full((len(xt),), s))
         mse = lambda d: ((d - x_test) ** 2).flatten(1).mean(1).mean().item()  # noqa: E731
-        rows.append({"sigma": s, "teacher": mse(d_t), "gaussian": mse(gauss(xt, s)), "train posterior": mse(emp(xt, s))})
+        rows.append(
+            {"sigma": s, "teacher": mse(d_t), "gaussian": mse(gauss(xt, s)), "train posterior": mse(emp(xt, s))}
+        )
     return rows
 
 
