@@ -324,6 +324,25 @@ def test_claims_gates_on_smoke(tmp_path):
                  "--set", f"out_dir={tmp_path}/runs", f"results_dir={tmp_path}/results"])  # fmt: skip
     names = {p.stem for p in (tmp_path / "results").rglob("*.json")}
     assert {"gate-disjoint-seed0", "gate-teacher-seed0", "gate-resolution-seed0"} <= names
+    # later invocations for other seeds reuse the recorded gates (seed 0); they never turn their first seed into a
+    # gate run. Here the tiny teacher fails its gate, so seed 1 is not run:
+    args = ["--preset", "shapes-smoke", "--seeds", "1", "--methods", "no_kd",
+            "--set", f"out_dir={tmp_path}/runs", f"results_dir={tmp_path}/results"]  # fmt: skip
+    gates = sorted((tmp_path / "results").rglob("gate-*-seed0.json"))
+    before = {p: p.read_bytes() for p in gates}
+    claims.main(args)
+    assert not list((tmp_path / "results").rglob("no_kd-seed1.json"))
+    # with passing gate records, seed 1 runs as an ordinary run and leaves the gate records alone
+    for p in gates:
+        rec = json.loads(p.read_text())
+        rec["metrics"]["passed"] = 1.0
+        p.write_text(json.dumps(rec))
+    before = {p: p.read_bytes() for p in gates}
+    claims.main(args)
+    rec = json.loads(next((tmp_path / "results").rglob("no_kd-seed1.json")).read_text())
+    assert rec["config"]["eval_teacher"] is False and {p: p.read_bytes() for p in gates} == before
+    with pytest.raises(SystemExit):  # no gates recorded at all: other seeds are refused
+        claims.main([*args[:-2], f"out_dir={tmp_path}/runs2", f"results_dir={tmp_path}/results2"])
 
 
 @pytest.mark.parametrize("preset", ["coco-smoke", "flickr30k-smoke"])

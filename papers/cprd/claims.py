@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from common.results import load_records, make_record, write_record
 from papers.cprd.config import PRESETS
 from papers.cprd.train import PAPER, prepare_shapes, run_shapes
 
+GATE_SEED = 0  # the gates are measured on the labels-only student of this seed
 MAIN = ("no_kd", "kl", "kl_hard", "listmle_all", "cprd")
 EXTRA = ("ranknet_all", "listnet_all", "ranknet_hard", "cprd_easy")
 METRICS = ("TR@1", "TR@5", "TR@10", "IR@1", "IR@5", "IR@10", "RSUM", "comp_acc", "topk_kendall")
@@ -213,10 +215,19 @@ def main(argv=None) -> None:
         return
     # the labels-only student runs first: its seed-0 run provides the gates (a waiting worker runs what it is given)
     methods = list(args.methods) if args.wait_for_gates else ["no_kd"] + [m for m in args.methods if m != "no_kd"]
-    for seed in args.seeds:
+    seeds = sorted(args.seeds, key=lambda s: s != GATE_SEED)  # the gate seed first
+    if not args.wait_for_gates and GATE_SEED not in seeds:  # other seeds only: the recorded gates must have passed
+        passed = gates_recorded(base)
+        if passed is None:
+            print(f"error: the gates are not recorded yet; run seed {GATE_SEED} first", file=sys.stderr)
+            raise SystemExit(2)
+        if not passed:
+            print("verdict: untestable: a gate failed (see the gate records)")
+            return
+    for seed in seeds:
         for method in methods:
             cfg = override(base, [f"seed={seed}", f"method={method}"])
-            gate_run = seed == args.seeds[0] and method == "no_kd" and not args.wait_for_gates
+            gate_run = seed == GATE_SEED and method == "no_kd" and not args.wait_for_gates
             if gate_run:
                 cfg = override(cfg, ["eval_teacher=true"])
             rec = Path(cfg.results_dir) / PAPER / cfg.preset / f"{method}-seed{seed}.json"
@@ -234,19 +245,22 @@ def main(argv=None) -> None:
         summary(args.preset, base.results_dir)
 
 
-def wait_for_gates(cfg, poll_s: float = 30.0) -> bool:
+def gates_recorded(cfg) -> bool | None:
+    """Whether the gate records (of the gate seed) all passed; False as soon as one failed; None while any is missing."""
     from pathlib import Path
 
     root = Path(cfg.results_dir) / PAPER / cfg.preset
-    names = ("gate-disjoint", "gate-teacher", "gate-resolution")
-    while True:
-        recs = {n: root / f"{n}-seed0.json" for n in names}
-        if all(p.is_file() for p in recs.values()):
-            return all(json.loads(p.read_text())["metrics"]["passed"] == 1.0 for p in recs.values())
-        bad = [p for p in recs.values() if p.is_file() and json.loads(p.read_text())["metrics"]["passed"] != 1.0]
-        if bad:
-            return False
+    recs = [root / f"{n}-seed{GATE_SEED}.json" for n in ("gate-disjoint", "gate-teacher", "gate-resolution")]
+    passed = [json.loads(p.read_text())["metrics"]["passed"] == 1.0 for p in recs if p.is_file()]
+    if not all(passed):
+        return False
+    return True if len(passed) == len(recs) else None
+
+
+def wait_for_gates(cfg, poll_s: float = 30.0) -> bool:
+    while (passed := gates_recorded(cfg)) is None:
         time.sleep(poll_s)
+    return passed
 
 
 def _run_dir(cfg):
