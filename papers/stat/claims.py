@@ -4,7 +4,7 @@
     python -m papers.stat.claims --seeds 0 1 2 --methods sft stat_sel stat_syn
     python -m papers.stat.claims --summary-only                    # only re-read the records
 
-Claim tested (paper Sec. 4, sheet Sec. 6): a student that plain SFT has saturated barely moves under continued
+Claim tested (paper Sec. 4): a student that plain SFT has saturated barely moves under continued
 SFT on its own distribution (``sft``), while STAT-Sel and STAT-Syn, at the same number of QA pairs, epochs and
 learning rate, raise accuracy, most on the skills in the Missing-Skill-Profile. Baselines: ``hard`` (longest
 chains; MATH-Hard) and ``embed_sel`` (TF-IDF nearest neighbours; Embed-Sel).

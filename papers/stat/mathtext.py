@@ -1,6 +1,6 @@
 """MATH-style answer handling for STAT at full scale: ``\\boxed{}`` extraction, normalisation, equivalence.
 
-The paper does not specify its answer checker (sheet: "differences in it move accuracy by points"), so ours is
+The paper does not specify its answer checker, so ours is
 explicit and versioned (``CHECKER_VERSION`` is written into every full-scale record): extract the last
 ``\\boxed{...}`` (balanced braces), normalise LaTeX spelling (``\\left``, ``\\!``, ``\\dfrac``, units, ``^\\circ``,
 trailing ``.0``, surrounding ``$``), compare strings, then numerically (fractions, decimals) and, when sympy is
