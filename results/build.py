@@ -11,7 +11,9 @@ Sections, in order:
   *untestable: gate X failed* (a gate listed with the claim is not met by its records), or *too few seeds*.
 - **Benchmarks**: per benchmark, the headline metrics (results/headline.toml; otherwise the first five quality
   metrics) as mean ± std over seeds; the other metrics and the timings (throughput, latency: machine-dependent)
-  in secondary tables. Rows in natural order (ttur1, ttur5, ttur10). Protocols as text.
+  in secondary tables. Rows in natural order (ttur1, ttur5, ttur10). Protocols as text. A benchmark listed in
+  results/comparisons.toml also gets paired differences against a baseline method (per preset; seeds pair) and
+  its figures.
 - **Paper vs ours** from paper_numbers.toml (an entry maps to our records through ``ours_benchmark`` /
   ``ours_method`` / ``ours_metric``; "not run here" when no record matches).
 """
@@ -39,6 +41,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 PAPER_NUMBERS = HERE / "paper_numbers.toml"
 HEADLINE = HERE / "headline.toml"
 CLAIMS = HERE / "claims.toml"
+COMPARISONS = HERE / "comparisons.toml"
 N_HEADLINE = 5
 
 
@@ -114,9 +117,51 @@ def _table(rows: dict, metrics: list[str], value_of) -> list[str]:
     return out
 
 
-def benchmark_table(name: str, rows: dict, headline: dict | None = None) -> list[str]:
+def paired_table(rows: dict, spec: dict) -> list[str]:
+    """Paired differences against a baseline method within each preset (seeds pair: same data, noise, reference):
+    Δ = method − baseline per seed, mean ± std, n, paired 95% t interval; spec = {baseline, metrics}."""
+    base, metrics = spec["baseline"], spec["metrics"]
+    out = [
+        f"Paired differences against {base} (same preset, same seeds): Δ mean ± std [paired 95% CI], n",
+        "",
+        "| preset | method | " + " | ".join(f"Δ {m}" for m in metrics) + " |",
+        "|" + "---|" * (2 + len(metrics)),
+    ]
+    by_preset = defaultdict(dict)
+    for (_paper, method, preset), recs in rows.items():
+        by_preset[preset][method] = {r["seed"]: r["metrics"] for r in recs}
+    for preset in sorted(by_preset, key=natural_key):
+        methods = by_preset[preset]
+        if base not in methods:
+            continue
+        for method in sorted(methods, key=natural_key):
+            if method == base:
+                continue
+            cells = []
+            for m in metrics:
+                seeds = sorted(s for s in methods[method] if s in methods[base] and m in methods[method][s])
+                seeds = [s for s in seeds if m in methods[base][s]]
+                d = [methods[method][s][m] - methods[base][s][m] for s in seeds]
+                if len(d) < 2:
+                    cells.append(fmt(d[0]) + " (n=1)" if d else "—")
+                    continue
+                mu, sd = statistics.fmean(d), statistics.stdev(d)
+                half = _t975(len(d) - 1) * sd / math.sqrt(len(d))
+                cells.append(f"{fmt(mu)} ± {fmt(sd)} [{fmt(mu - half)}, {fmt(mu + half)}], {len(d)}")
+            out.append(f"| {preset} | {method} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def benchmark_table(name: str, rows: dict, headline: dict | None = None, extras: dict | None = None) -> list[str]:
+    """The benchmark's tables; `extras` (results/comparisons.toml): `baseline` and `metrics` of a paired-difference
+    table, `figures` (paths relative to results/) shown under it."""
     main, other = headline_metrics(name, rows, headline or {})
+    extras = extras or {}
     out = [f"### {name}", ""] + _table(rows, main, lambda r: r["metrics"]) + [""]
+    if extras.get("baseline"):
+        out += paired_table(rows, extras)
+    for fig in extras.get("figures", []):
+        out += [f"![{Path(fig).stem}]({fig})", ""]
     if other:
         out += ["<details><summary>other metrics</summary>", ""]
         out += _table(rows, other, lambda r: r["metrics"]) + ["", "</details>", ""]
@@ -255,11 +300,18 @@ def claims_section(claims: dict, records: list[dict]) -> list[str]:
 # ---- documents ---------------------------------------------------------------------------------------------------
 
 
-def build(raw_root=RAW_ROOT, numbers_path=PAPER_NUMBERS, headline_path=HEADLINE, claims_path=CLAIMS) -> str:
+def build(
+    raw_root=RAW_ROOT,
+    numbers_path=PAPER_NUMBERS,
+    headline_path=HEADLINE,
+    claims_path=CLAIMS,
+    comparisons_path=COMPARISONS,
+) -> str:
     records = load_records(raw_root) if Path(raw_root).exists() else []
     numbers = _load_toml(numbers_path)
     headline = _load_toml(headline_path)
     claims = _load_toml(claims_path)
+    comparisons = _load_toml(comparisons_path)
     lines = [
         "# Results",
         "",
@@ -276,7 +328,7 @@ def build(raw_root=RAW_ROOT, numbers_path=PAPER_NUMBERS, headline_path=HEADLINE,
     lines += ["## Benchmarks", ""]
     by_bench = _group(records)
     for name in sorted(by_bench, key=natural_key):
-        lines += benchmark_table(name, by_bench[name], headline)
+        lines += benchmark_table(name, by_bench[name], headline, comparisons.get(name))
     lines += ["## Paper vs ours", ""]
     for paper in sorted(numbers):
         lines += paper_table(paper, numbers[paper], records)

@@ -5,7 +5,8 @@ toy2d (disback.md-style CPU reproduction of the paper's setting "samples start i
 region"): 8-mode ring, a *learned* EDM-preconditioned MLP teacher (3x256 SiLU, DSM on data only with log-normal
 sigma; its score is poor where data never was — an exact analytic teacher would hide the effect), one per seed;
 G^0 is an MLP of the teacher's architecture evaluated at sigma_max on sigma_max * z, regressed onto a Gaussian blob
-far from the ring (centre (6, 6), std 0.3).
+far from the ring (centre (6, 6), std 0.3). With teacher=analytic the toy is instead the shared one of
+common.diffusion.tasks (any layout; G^0 = the copy of the exact teacher), as the other methods use it.
 digits: EDM UNet2DModel teacher trained on sklearn digits (cached); G^0 = the teacher-initialised one-step
 generator before any distillation (the paper's "initial student").
 ffhq64 / afhq64 / imagenet64: the EDM paper networks (common.diffusion.edm_networks) loaded from converted official
@@ -224,7 +225,9 @@ def build_edm64(cfg, run_dir, progress=None) -> Setup:
 
 
 def build_shared(cfg, run_dir, progress=None) -> Setup:
-    """digits (cached EDM UNet2DModel teacher) and sd (SDXL / SD through diffusers) from common.diffusion.tasks:
+    """digits (cached EDM UNet2DModel teacher), toy2d with teacher=analytic (the shared toy: exact mixture teacher,
+    MLP copies regressed onto it; the cross-method benchmark's set-up) and sd (SDXL / SD through diffusers) from
+    common.diffusion.tasks:
     G^0 = the shared builder's generator (a copy of the teacher) or `init_from` (SDXL: a DMD2 generator, as the
     official code starts from); the copies for stage 1, the nodes and the fake score are made from a snapshot of
     the shared fake score before any training (fp32, the teacher's weights; text-to-image: the conditional-branch
@@ -233,7 +236,7 @@ def build_shared(cfg, run_dir, progress=None) -> Setup:
 
     from common.diffusion.tasks import build as shared_build
 
-    S = shared_build(dataclasses.replace(cfg, init_from=""), progress) if cfg.task == "digits" else None
+    S = shared_build(dataclasses.replace(cfg, init_from=""), progress) if cfg.task in ("digits", "toy2d") else None
     if S is None:
         from common.diffusion import t2i
 
@@ -260,7 +263,7 @@ def build_shared(cfg, run_dir, progress=None) -> Setup:
 
 
 def build(cfg, run_dir, progress=None) -> Setup:
-    if cfg.task == "toy2d":
+    if cfg.task == "toy2d" and cfg.teacher == "mlp":
         return build_toy(cfg, run_dir, progress)
     if cfg.task == "edm64":
         return build_edm64(cfg, run_dir, progress)

@@ -72,16 +72,15 @@ class Config(DistillConfig):
         super().check()
         if self.ratio_min >= self.ratio_max:
             raise ConfigError(f"ratio_min: {self.ratio_min} must be below ratio_max {self.ratio_max}")
-        if self.init_mode >= self.num_modes:
-            raise ConfigError(f"init_mode: {self.init_mode} must be below num_modes={self.num_modes} (or -1)")
+        k = {"ring": self.num_modes, "grid": self.grid_side**2, "explicit": len(self.mode_means) // 2}[self.toy_layout]
+        if self.init_mode >= k:
+            raise ConfigError(f"init_mode: {self.init_mode} must be below the {k} mixture components (or -1)")
         if self.task == "toy2d" and self.disc_features == "teacher":
             raise ConfigError("disc_features: the toy's analytic teacher has no features; use 'input' or 'fake'")
         if self.task != "toy2d" and self.disc_features == "input":
             raise ConfigError(f"disc_features: 'input' is a toy2d option; task is {self.task!r}")
-        if self.task == "toy2d" and (self.toy_layout != "ring" or self.num_classes or self.toy_schedule != "edm"):
-            raise ConfigError(
-                "toy_layout / num_classes / toy_schedule: the f-distill toy is the unconditional EDM ring"
-            )
+        if self.task == "toy2d" and (self.num_classes or self.toy_schedule != "edm"):
+            raise ConfigError("num_classes / toy_schedule: the f-distill toy is an unconditional EDM mixture")
         if not self.gan:
             raise ConfigError("gan: f-distill reads the density ratio from the discriminator; it cannot be off")
         if self.student_steps:

@@ -148,7 +148,8 @@ def evaluate(cfg, run, S, step, initial, result) -> dict:
         xe, _ = sample_generator(S, e.module, n, torch.Generator().manual_seed(TEST_SEED + cfg.seed), dev)
         metrics.update({f"{k} (ema{i})": v for k, v in toy_metrics(xe, real, data).items()})
     wall = time.time() - t0
-    dataset = f"ring{cfg.num_modes} r={cfg.radius} std={cfg.mode_std} weights={list(data.weights.numpy().round(4))}"
+    layout = f"ring{cfg.num_modes} r={cfg.radius}" if cfg.toy_layout == "ring" else f"{cfg.toy_layout}{data.num_modes}"
+    dataset = f"{layout} std={cfg.mode_std} weights={list(data.weights.numpy().round(4))}"
     protocol = {
         "samples": n,
         "reference": f"{n} fresh samples of the true mixture (reserved test seed)",

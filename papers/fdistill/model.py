@@ -15,11 +15,10 @@ import math
 import torch
 from torch import nn
 
-from common.data.toy2d import ring
 from common.diffusion.denoisers import CondDenoiser, MLPDenoiser, Prediction, edm_precond_coeffs, freeze
 from common.diffusion.losses import ConvGANHead, MLPGANHead
 from common.diffusion.schedules import EDMSchedule
-from common.diffusion.tasks import Setup, regress_onto_teacher
+from common.diffusion.tasks import Setup, regress_onto_teacher, toy_mixtures
 from common.diffusion.teachers import AnalyticTeacher
 
 
@@ -91,7 +90,8 @@ class MultiHead(nn.Module):
 
 
 def toy_mixture(cfg):
-    return ring(k=cfg.num_modes, radius=cfg.radius, std=cfg.mode_std, weights=list(cfg.mode_weights) or None)
+    """The true mixture of the shared toy (ring, grid or explicit means; common.diffusion.tasks.toy_mixtures)."""
+    return toy_mixtures(cfg)[0]
 
 
 def build_toy(cfg) -> Setup:

@@ -25,6 +25,10 @@ class Config(BaseConfig):
     num_modes: int = cfg_field(8, "toy: modes on the ring", min=2)
     radius: float = cfg_field(2.0, "toy: ring radius", min=0.1)
     mode_std: float = cfg_field(0.1, "toy: component std", min=1e-3)
+    toy_layout: str = cfg_field("ring", "toy: mixture layout (common.data.toy2d)", choices=("ring", "grid"))
+    grid_side: int = cfg_field(5, "toy grid: modes per side", min=1)
+    grid_spacing: float = cfg_field(2.0, "toy grid: distance between neighbouring modes", min=0.01)
+    mode_weights: tuple[float, ...] = cfg_field((), "toy: component weights (normalised); () = equal")
     width: int = cfg_field(128, "toy: MLP width of student and fake score", min=8)
     depth: int = cfg_field(3, "toy: MLP hidden layers", min=1)
     init_steps: int = cfg_field(
@@ -118,6 +122,9 @@ class Config(BaseConfig):
             raise ConfigError("eval_ks / teacher_steps_eval: step counts must be >= 1")
         if any(not 0 < r < 1 for r in self.ema_rates):
             raise ConfigError(f"ema_rates: {self.ema_rates} must lie in (0, 1)")
+        k = self.num_modes if self.toy_layout == "ring" else self.grid_side**2
+        if self.mode_weights and (len(self.mode_weights) != k or min(self.mode_weights) < 0):
+            raise ConfigError(f"mode_weights: {self.mode_weights} must be {k} non-negative numbers")
         if self.beta_end <= self.beta_start:
             raise ConfigError(f"beta_end: {self.beta_end} must exceed beta_start {self.beta_start}")
 

@@ -1,7 +1,7 @@
 """TDM's networks for the CPU tiers: frozen VP teacher, K-step eps-student and fake score.
 
-toy2d: the teacher is the exact posterior mean of the 8-mode ring under the VP schedule; student and fake score
-are EDM-preconditioned MLPs read in VP time (common `VPDenoiser`: x0_hat(x_t, t) = D(x_t / alpha_t, sigma_t /
+toy2d: the teacher is the exact posterior mean of the mixture (the 8-mode ring; a grid or other weights by config)
+under the VP schedule; student and fake score are EDM-preconditioned MLPs read in VP time (common `VPDenoiser`: x0_hat(x_t, t) = D(x_t / alpha_t, sigma_t /
 alpha_t)), regressed onto the teacher for 1500 steps at batch 1024 whatever the run's batch (the toy's "copy of the
 teacher"); the student is a copy of that network.
 digits: the shared cached EDM UNet2DModel teacher (common.diffusion.tasks) read in VP time; student and fake score
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.data.toy2d import ring
+from common.data.toy2d import grid, ring
 from common.diffusion.denoisers import MLPDenoiser, VPDenoiser, freeze
 from common.diffusion.schedules import VPSchedule
 from common.diffusion.teachers import AnalyticTeacher
@@ -65,7 +65,11 @@ def _k_aware(cfg, net):
 
 
 def build_toy(cfg) -> Setup:
-    data = ring(k=cfg.num_modes, radius=cfg.radius, std=cfg.mode_std)
+    w = list(cfg.mode_weights) or None
+    if cfg.toy_layout == "grid":
+        data = grid(side=cfg.grid_side, spacing=cfg.grid_spacing, std=cfg.mode_std, weights=w)
+    else:
+        data = ring(k=cfg.num_modes, radius=cfg.radius, std=cfg.mode_std, weights=w)
     schedule = vp_schedule(cfg)
     teacher = freeze(VPDenoiser(AnalyticTeacher(data), schedule))
     sd = float(data.sample(65536, torch.Generator().manual_seed(1234)).std(0).mean())
