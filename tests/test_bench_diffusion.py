@@ -134,3 +134,54 @@ def test_plan_is_the_same_for_every_method():
 def test_bad_seeds_are_refused():
     with pytest.raises(SystemExit, match="distinct"):
         bench.main(["run", "--seeds", "0", "0", "--dry-run"])
+
+
+# ---- the small hooks in the papers that the benchmark needs (same toy data and teacher everywhere) ----
+
+
+def test_fdistill_toy_takes_the_shared_layouts():
+    import dataclasses
+
+    from papers.fdistill.config import PRESETS
+    from papers.fdistill.model import build_toy
+
+    cfg = dataclasses.replace(
+        PRESETS["toy2d-smoke"], toy_layout="grid", grid_side=5, mode_weights=(), init_mode=-1, fake_init_steps=1
+    )
+    S = build_toy(cfg)
+    assert S.extra["data"].num_modes == 25
+    with pytest.raises(Exception, match="init_mode"):
+        dataclasses.replace(cfg, init_mode=25)
+
+
+def test_disback_toy_with_the_exact_teacher_is_the_shared_toy(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from common.diffusion.teachers import AnalyticTeacher
+    from papers.disback.config import PRESETS
+    from papers.disback.model import build
+
+    cfg = dataclasses.replace(PRESETS["toy2d-smoke"], teacher="analytic", fake_init_steps=1, mode_weights=())
+    S = build(cfg, tmp_path)
+    assert isinstance(S.teacher, AnalyticTeacher) and S.extra["data"].num_modes == 8
+    net = S.make_net()  # the fake score / path nodes: copies of the regressed teacher, which G0 also is
+    for a, b in zip(net.state_dict().values(), S.generator.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(Exception, match="teacher"):
+        dataclasses.replace(cfg, teacher="misspecified")
+
+
+def test_tdm_toy_takes_grid_and_weights():
+    import dataclasses
+
+    from papers.tdm.config import PRESETS
+    from papers.tdm.model import build_toy
+
+    w = (0.5,) + (0.5 / 24,) * 24
+    S = build_toy(dataclasses.replace(PRESETS["toy2d-smoke"], toy_layout="grid", grid_side=5, mode_weights=w))
+    data = S.extra["data"]
+    assert data.num_modes == 25 and abs(float(data.weights[0]) - 0.5) < 1e-9
+    with pytest.raises(Exception, match="mode_weights"):
+        dataclasses.replace(PRESETS["toy2d-smoke"], mode_weights=(1.0, 2.0))
