@@ -104,7 +104,7 @@ class Sizes:
     curve_points: int = 10
 
 
-SIZES = {"toy2d": Sizes(300, 256, 4096), "digits": Sizes(30, 32, 1000)}
+SIZES = {"toy2d": Sizes(100, 256, 4096), "digits": Sizes(20, 32, 1000)}
 SMOKE_SIZES = {"toy2d": Sizes(2, 64, 128, 2), "digits": Sizes(2, 8, 32, 2)}
 
 
@@ -138,7 +138,7 @@ def overrides(ds: Dataset, m: Method, seed: int, updates: int, budget: str, root
         num_threads=1,
         log_every=max(1, iters // 10),
         ckpt_every=0,
-        eval_samples=min(sz.eval_samples, 1000),  # the paper's own evaluation (kept for reference only)
+        eval_samples=min(sz.eval_samples, 500),  # the paper's own evaluation (kept for reference only)
     )
     if ds.task == "digits":
         s.update(cache_dir=os.environ.get("BENCH_CACHE_DIR", "runs/cache"))
@@ -151,7 +151,7 @@ def overrides(ds: Dataset, m: Method, seed: int, updates: int, budget: str, root
     else:
         s.update(teacher_steps_eval=(TDM_K,))
         if ds.task == "toy2d":
-            s.update({k: v for k, v in ds.toy.items()}, init_steps=2 if smoke else 300)
+            s.update(ds.toy)
     if m.paper == "disback":  # curve every `every` generator steps; the path walked over the first half of stage 2
         nodes = 2 if smoke else 4
         s.update(

@@ -78,9 +78,12 @@ def _panels(recs, ds):
     st.sort(key=lambda r: ORDER.index(r["method"]) if r["method"] in ORDER else 99)
     te = sorted((r for r in rows if r["paper"] == "teacher"), key=lambda r: -r["nfe"])
     main = "FD-digitsCNN" if ds == "digits" else "SWD"
-    return [
-        (f"{r['method']} ({r['nfe']:g} NFE)\n{main} {r['metrics'][main]:.3g}", r["extra"]["samples"]) for r in st + te
-    ]
+
+    def title(r):
+        name = r["method"] if r["paper"] == "teacher" else f"{r['method']} ({r['nfe']:g} NFE)"
+        return f"{name}\n{main} {r['metrics'][main]:.3g}"
+
+    return [(title(r), r["extra"]["samples"]) for r in st + te]
 
 
 def toy_scatter(recs, out: Path) -> Path | None:
