@@ -185,3 +185,24 @@ def test_tdm_toy_takes_grid_and_weights():
     assert data.num_modes == 25 and abs(float(data.weights[0]) - 0.5) < 1e-9
     with pytest.raises(Exception, match="mode_weights"):
         dataclasses.replace(PRESETS["toy2d-smoke"], mode_weights=(1.0, 2.0))
+
+
+def test_paired_table_pairs_seeds_within_a_preset():
+    import math
+
+    from scipy.stats import t
+
+    from results.build import fmt, paired_table
+
+    def rec(method, seed, v):
+        return {"seed": seed, "metrics": {"SWD": v}}
+
+    rows = {
+        ("dmd2", "dmd2", "bench-ring-updates"): [rec("dmd2", s, v) for s, v in zip((0, 1, 2), (1.0, 2.0, 3.0))],
+        ("tdm", "tdm", "bench-ring-updates"): [rec("tdm", s, v) for s, v in zip((0, 1, 2, 5), (2.0, 4.0, 6.0, 9.0))],
+        ("tdm", "tdm", "bench-ring-wallclock"): [rec("tdm", 0, 1.0)],  # no baseline in this preset: no row
+    }
+    out = "\n".join(paired_table(rows, {"baseline": "dmd2", "metrics": ["SWD"]}))
+    half = t.ppf(0.975, 2) * 1.0 / math.sqrt(3)  # deltas 1, 2, 3 (seed 5 has no pair)
+    assert f"| bench-ring-updates | tdm | 2 ± 1 [{fmt(2 - half)}, {fmt(2 + half)}], 3 |" in out
+    assert "wallclock" not in out
