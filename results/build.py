@@ -340,11 +340,16 @@ def summary(records: list[dict], headline: dict | None = None) -> str:
     lines = ["| benchmark | method | n | headline metrics (mean ± std) |", "|---|---|---|---|"]
     for name, rows in sorted(_group(records).items(), key=lambda kv: natural_key(kv[0])):
         keys, _ = headline_metrics(name, rows, headline or {})
-        for (_paper, method, _preset), recs in sorted(rows.items(), key=lambda kv: natural_key(kv[0])):
+        several = len({preset for _paper, _method, preset in rows}) > 1  # e.g. one benchmark at two budgets
+        for (_paper, method, preset), recs in sorted(rows.items(), key=lambda kv: natural_key(kv[0])):
             cells = ", ".join(
                 f"{m} {mean_std(vals)}" for m in keys if (vals := [r["metrics"][m] for r in recs if m in r["metrics"]])
             )
-            lines.append(f"| {name} | {method} | {len(recs)} | {cells} |")
+            lines.append(
+                f"| {name} | {method} ({preset}) | {len(recs)} | {cells} |"
+                if several
+                else f"| {name} | {method} | {len(recs)} | {cells} |"
+            )
     return "\n".join(lines) if len(lines) > 2 else "No records yet."
 
 

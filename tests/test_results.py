@@ -79,3 +79,11 @@ def test_corrupt_record_names_file(tmp_path):
 def test_committed_results_tables_are_fresh():
     assert build.README.read_text() == build.build(), "results/README.md is stale: run `python -m results.build`"
     assert build.TOP_README.read_text() == build.top_readme(), "README.md is stale: run `python -m results.build`"
+
+
+def test_summary_names_the_preset_when_a_benchmark_runs_at_several():
+    one = [record(method="a", value=1.0), record(method="b", value=2.0)]
+    assert "| bench | a | 1 | fd 1 |" in build.summary(one)
+    two = [*one, record(method="a", value=3.0, preset="toy-wallclock", config=BaseConfig(preset="toy-wallclock"))]
+    text = build.summary(two)
+    assert "| bench | a (toy) | 1 | fd 1 |" in text and "| bench | a (toy-wallclock) | 1 | fd 3 |" in text
