@@ -180,20 +180,28 @@ def _grid(path, x, nrow=16):
     save_image((x[: nrow * nrow].clamp(-1, 1) + 1) / 2, path, nrow=nrow, padding=1)
 
 
+def validation_samples(cfg, S, G, dev):
+    """(student samples, reference) of the validation protocol, never the test draws: toy2d 2048 samples against
+    2048 fresh mixture samples, digits 500 samples against the train split ((images, labels))."""
+    g = torch.Generator().manual_seed(VAL_SEED)
+    if cfg.task == "toy2d":
+        x, _ = sample_student(S, G, 2048, g, dev, cfg.eval_batch)
+        return x, S.extra["data"].sample(2048, torch.Generator().manual_seed(VAL_SEED + 1))
+    x, _ = sample_student(S, G, 500, g, dev, cfg.eval_batch)
+    return x, _digits_ref("train")
+
+
 def quick_score(cfg, S, G, dev) -> float:
     """Validation score for best-checkpoint selection (never the test samples)."""
-    g = torch.Generator().manual_seed(VAL_SEED)
     if cfg.task == "toy2d":
         from common.metrics.toy import sliced_wasserstein
 
-        x, _ = sample_student(S, G, 2048, g, dev, cfg.eval_batch)
-        real = S.extra["data"].sample(2048, torch.Generator().manual_seed(VAL_SEED + 1))
+        x, real = validation_samples(cfg, S, G, dev)
         return sliced_wasserstein(x, real, n_proj=128, seed=1)
     if cfg.task == "digits":
         from common.metrics.fid import digits_feature_net
 
-        x, _ = sample_student(S, G, 500, g, dev, cfg.eval_batch)
-        ref_x, ref_y = _digits_ref("train")
+        x, (ref_x, ref_y) = validation_samples(cfg, S, G, dev)
         return digits_metrics(x, digits_feature_net(), ref_x, ref_y)["FD-digitsCNN"]
     return float("nan")
 

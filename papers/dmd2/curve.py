@@ -28,19 +28,14 @@ def _ema_state(state: dict) -> dict:
 
 def val_metrics(cfg, S, G) -> dict:
     """The toy's metrics (or the digits metrics against the train split) on validation samples."""
-    from common.diffusion.evaluation import VAL_SEED, digits_metrics, sample_student, toy_metrics
+    from common.diffusion.evaluation import digits_metrics, toy_metrics, validation_samples
 
-    g = torch.Generator().manual_seed(VAL_SEED)
+    x, ref = validation_samples(cfg, S, G, "cpu")  # the draws the loop's own validation score uses
     if cfg.task == "toy2d":
-        x, _ = sample_student(S, G, 2048, g, "cpu", cfg.eval_batch)
-        real = S.extra["data"].sample(2048, torch.Generator().manual_seed(VAL_SEED + 1))
-        return toy_metrics(x, real, S.extra["data"])
-    from common.data.digits import load_digits_split
+        return toy_metrics(x, ref, S.extra["data"])
     from common.metrics.fid import digits_feature_net
 
-    x, _ = sample_student(S, G, 500, g, "cpu", cfg.eval_batch)
-    ref_x, ref_y = load_digits_split("train")
-    return digits_metrics(x, digits_feature_net(), ref_x, ref_y)
+    return digits_metrics(x, digits_feature_net(), *ref)
 
 
 def checkpoint_curve(argv) -> list[dict]:
