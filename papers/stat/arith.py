@@ -342,6 +342,13 @@ class Generator:
         names = list(self.weights)
         return rng.choices(names, weights=[self.weights[n] for n in names])[0]
 
+    def _accept(self, start: int, ops: list, n: int) -> Problem | None:
+        """The problem of a finished chain; None when the chain stopped short of ``n`` steps or is excluded."""
+        if len(ops) < n:
+            return None
+        p = Problem(start, tuple(ops))
+        return None if p.question in self.exclude else p
+
     def _sample_exact(self, rng: random.Random, must_have: str | None, n_ops: int | None) -> Problem:
         """``sample`` with exact feasibility: each step's skill is drawn by weight among the skills feasible at the
         current value, and its operand uniformly among the feasible ones (no rejection tries that can fail)."""
@@ -366,12 +373,8 @@ class Generator:
                 b = rng.choice(cands)
                 ops.append((OP_OF_SKILL[skill], b))
                 v = apply_op(v, OP_OF_SKILL[skill], b)
-            if len(ops) < n:
-                continue
-            p = Problem(start, tuple(ops))
-            if p.question in self.exclude:
-                continue
-            return p
+            if (p := self._accept(start, ops, n)) is not None:
+                return p
         raise RuntimeError(f"could not sample a problem with skill {must_have!r}")
 
     def sample(self, rng: random.Random, must_have: str | None = None, n_ops: int | None = None) -> Problem:
@@ -394,12 +397,8 @@ class Generator:
                     break
                 ops.append((OP_OF_SKILL[skill], b))
                 v = apply_op(v, OP_OF_SKILL[skill], b)
-            if len(ops) < n:
-                continue
-            p = Problem(start, tuple(ops))
-            if p.question in self.exclude:
-                continue
-            return p
+            if (p := self._accept(start, ops, n)) is not None:
+                return p
         raise RuntimeError(f"could not sample a problem with skill {must_have!r}")
 
     def sample_many(self, n: int, rng: random.Random, must_have: str | None = None, unique: bool = False) -> list:
