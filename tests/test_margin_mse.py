@@ -84,6 +84,36 @@ def test_gates_oracle_bm25_ties_and_overlap():
         assert row[0] in rel and not set(row[1:].tolist()) & rel
 
 
+def test_teacher_renaming_is_one_label_preserving_bijection_per_batch():
+    from papers.margin_mse.benchmark import rename_names
+
+    c = build_collection(0, n_entities=30, n_attributes=4, values_per_attribute=5, train_paraphrases=1)
+    tr = c.splits["train"]
+    q = tr.text[:25]
+    d = [c.passages[p] for p in tr.pos[:25]]
+    q2, d2 = rename_names(c, q, d, np.random.default_rng(0))
+    mapping: dict[str, str] = {}
+    for a, b in zip(q + d, q2 + d2, strict=True):
+        wa, wb = a.split(), b.split()
+        assert len(wa) == len(wb)
+        for x, y in zip(wa, wb, strict=True):
+            assert mapping.setdefault(x, y) == y  # one mapping for the queries and the passages of the batch
+    assert len(set(mapping.values())) == len(mapping)  # injective
+    ents, vals = set(c.entity_names), [set(v) for v in c.value_names]
+    for x, y in mapping.items():
+        if x in ents:
+            assert y in ents
+        elif any(x in v for v in vals):
+            assert next(v for v in vals if x in v) == next(v for v in vals if y in v)  # a value stays its attribute's
+        else:
+            assert x == y  # template and paraphrase words are untouched
+    assert any(x != y for x, y in mapping.items())
+    # relevance is unchanged: the renamed entity of each query is named in its renamed positive
+    for a, b, qq in zip(d, d2, q, strict=True):
+        e = next(w for w in qq.split() if w in ents)
+        assert e in a.split() and mapping[e] in b.split()
+
+
 def test_training_losses_see_the_same_lists():
     cfg = PRESETS["embedded-smoke"]
     s = torch.randn(4, 3, requires_grad=True)

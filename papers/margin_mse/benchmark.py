@@ -195,6 +195,8 @@ def train_teacher(cfg: Config, bench: Bench, seed: int, log=print, model=None, f
             qi = rng.integers(nq, size=cfg.teacher_batch)
             q = [bench.train_queries[i] for i in qi for _ in range(k1)]
             d = [bench.passages[p] for p in lists[qi].reshape(-1)]
+            if cfg.teacher_rename:
+                q, d = rename_names(bench.coll, q, d, rng)
             s = model(q, d).view(len(qi), k1)
             if cfg.teacher_loss == "softmax":
                 loss = F.cross_entropy(s, torch.zeros(len(qi), dtype=torch.long))
@@ -214,6 +216,21 @@ def train_teacher(cfg: Config, bench: Bench, seed: int, log=print, model=None, f
     return model
 
 
+def rename_names(coll: Collection, queries: list[str], passages: list[str], rng: np.random.Generator):
+    """One random permutation of the entity names and, per attribute, of its value names, applied to every query and
+    passage of a batch alike. Relevance depends only on which entity and attribute a query and a fact share, so the
+    labels are unchanged; a model can no longer memorise what a name stands for and has to match names instead."""
+    ents = coll.entity_names
+    mapping = dict(zip(ents, (ents[i] for i in rng.permutation(len(ents))), strict=True))
+    for vals in coll.value_names:
+        mapping.update(zip(vals, (vals[i] for i in rng.permutation(len(vals))), strict=True))
+
+    def sub(texts: list[str]) -> list[str]:
+        return [" ".join(mapping.get(w, w) for w in t.split()) for t in texts]
+
+    return sub(queries), sub(passages)
+
+
 def score_lists(model, queries: list[str], lists: np.ndarray, passages: list[str], batch: int) -> torch.Tensor:
     return rerank(model.score if hasattr(model, "score") else model, queries, lists, passages, batch_size=batch)
 
@@ -222,7 +239,7 @@ TEACHER_KEYS = (
     "dataset", "data_seed", "n_entities", "n_attributes", "values_per_attribute", "facts_per_passage", "dev_frac",
     "val_frac", "train_paraphrases", "candidates", "negatives_per_query", "bm25_k1", "bm25_b", "teacher_base",
     "teacher_layers", "teacher_hidden", "teacher_pooling", "identity_init_layers", "teacher_steps", "teacher_cycles", "teacher_restart_steps",
-    "teacher_loss",
+    "teacher_loss", "teacher_rename",
     "teacher_negatives", "teacher_distractor_frac", "teacher_lr", "head_lr_mult", "weight_decay",
     "teacher_warmup_steps", "teacher_batch", "max_query_len", "max_doc_len", "freeze_embeddings",
 )  # fmt: skip
@@ -245,7 +262,7 @@ def ensure_teachers(
         f = d / "scores.pt"
         cached = json.loads((d / "cache_key.json").read_text()) if (d / "cache_key.json").is_file() else None
         if cached is not None:  # keys added later hold their defaults in older caches
-            cached = {"teacher_cycles": 1, "teacher_restart_steps": 0, **cached}
+            cached = {"teacher_cycles": 1, "teacher_restart_steps": 0, "teacher_rename": False, **cached}
         if f.is_file() and cached == key:
             out.append(torch.load(f))
             continue
