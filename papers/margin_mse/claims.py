@@ -49,7 +49,7 @@ VARIANTS = {
     "colbert-pointwise_mse-T2": dict(student="colbert", loss="pointwise_mse", teacher="T2"),
     "colbert-kl-T2": dict(student="colbert", loss="kl", teacher="T2"),
 }
-LR_GRID = (3e-4, 1e-3, 3e-3)  # the same grid for every loss (not in the paper: our CPU scale)
+LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)  # the same grid for every loss (not in the paper: our CPU scale)
 MIN_GAP = 0.1
 COMPARISONS = [  # (name, method, baseline)
     *[(f"{v}-vs-labels", v, f"{v.split('-')[0]}-ranknet") for v in VARIANTS if "ranknet" not in v],
