@@ -161,9 +161,28 @@ def run_seeds(cfg, bench, teachers, lrs, order, seeds, log, write: bool = True) 
             lock = _lr_cache(cfg).parent / "locks" / f"{name}-seed{seed}{'' if write else '-train'}.lock"
             if not _take(lock):
                 continue
-            c = replace(cfg, **VARIANTS[name], lr=lrs[name]["lr"], seed=seed, eval_split="dev", method=name)
+            c = finalize(
+                replace(cfg, **VARIANTS[name], lr=lrs[name]["lr"], seed=seed, eval_split="dev", method=name), bench
+            )
+            if write and recorded(c):
+                log(f"=== {name} seed {seed}: recorded with this config, skipped")
+                continue
             log(f"=== {name} seed {seed}")
-            run_embedded(finalize(c, bench), bench, teachers, write=write)
+            run_embedded(c, bench, teachers, write=write)
+
+
+def recorded(cfg) -> bool:
+    """A run whose record exists with the same config (re-running the runner resumes)."""
+    import dataclasses
+
+    from common.results import config_differences, record_path
+
+    conf = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    path = record_path({"paper": PAPER, "preset": cfg.preset, "method": cfg.method, "seed": cfg.seed, "config": conf},
+                       cfg.results_dir)  # fmt: skip
+    if not path.is_file():
+        return False
+    return not config_differences(json.loads(path.read_text()).get("config", {}), conf)
 
 
 def _lr_cache(cfg) -> Path:
