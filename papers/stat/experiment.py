@@ -14,9 +14,9 @@ Every stage is idempotent (a finished run is skipped) and runs in this process, 
 sets of a seed are built once; two stages with disjoint seeds can run side by side.
 
 **Design.** Chains of 2-3 operations over seven skills (mod and mul-2digit off: the first is not learnable by this
-student, the second feasible only for values <= 9). Three rare skills (sub-borrow, add-carry, div-exact) at 0.4% of
+student, the second feasible only for values <= 9). Three rare skills (sub-borrow, add-carry, div-exact) at 0.35% of
 the *measured* training steps each; the four others share the rest. A 2 x 64 GPT-2 student (0.1M parameters) is
-trained by plain SFT on 2,500 x 64 fresh chains; one base per seed, seeds 0-4. Evaluation questions are reserved by a
+trained by plain SFT on 6,000 x 64 fresh chains; one base per seed, seeds 0-4. Evaluation questions are reserved by a
 hash of the question (``arith.Reserve``), so no training stream, pool or synthesis of any seed can emit them.
 Every method fine-tunes on exactly 8,000 QA pairs for 2 epochs; the LR of each method is the best of
 ``LR_GRID`` on the 2,000-question validation set at seed 0, then frozen for seeds 1-4.
