@@ -7,6 +7,11 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 for claims in papers/*/claims.py; do
   paper=$(basename "$(dirname "$claims")")
+  if [ "$paper" = stat ]; then  # stat's claim is papers/stat/experiment.py (claims.py holds the retired arith-long*)
+    echo "=== stat: the arith-rare claim (pilot, five bases, gates, LR grids, endpoints) ==="
+    for stage in pilot bases all summary; do .venv/bin/python -m papers.stat.experiment "$stage"; done
+    continue
+  fi
   echo "=== $paper: claim experiments ==="
   .venv/bin/python -m "papers.$paper.claims" "$@"
 done

@@ -61,7 +61,7 @@ PILOT_PRESET = "arith-rare-pilot"
 PILOT_SEED = 99
 SEEDS = (0, 1, 2, 3, 4)
 METHODS = ("sft", "stat_sel", "stat_syn", "stat_sel_shuffled", "uniform")
-LR_GRID = (3e-4, 1e-3, 3e-3)
+LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 GRID_SEED = 0
 RARE_WINDOW = (30.0, 60.0)
 COMMON_MIN = 95.0
@@ -565,7 +565,7 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--lrs", type=float, nargs="+", default=None, help="grid stage: only these LRs of the grid")
-    ap.add_argument("--jobs", type=int, default=6, help="all stage: parallel processes per phase")
+    ap.add_argument("--jobs", type=int, default=2, help="all stage: parallel processes per phase (one per core)")
     ap.add_argument(
         "--fixed-lr", type=float, default=None, help="claim stage: every method at this LR, no grid (a deviation)"
     )
