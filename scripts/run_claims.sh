@@ -9,7 +9,8 @@ for claims in papers/*/claims.py; do
   paper=$(basename "$(dirname "$claims")")
   if [ "$paper" = stat ]; then  # stat's claim is papers/stat/experiment.py (claims.py holds the retired arith-long*)
     echo "=== stat: the arith-rare claim (pilot, five bases, gates, LR grids, endpoints) ==="
-    for stage in pilot bases all summary; do .venv/bin/python -m papers.stat.experiment "$stage"; done
+    for stage in pilot bases all; do .venv/bin/python -m papers.stat.experiment "$stage"; done
+    .venv/bin/python -m papers.stat.experiment summary --figure papers/stat/figures/arith-rare.png
     continue
   fi
   echo "=== $paper: claim experiments ==="

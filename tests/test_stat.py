@@ -339,6 +339,56 @@ def test_math_smoke_lora_adapter_and_merge(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged").config.model_type == "llama"
 
 
+def test_math_augment_pool_keeps_distinct_rewrites_of_training_questions_in_the_boxed_format():
+    from papers.stat.fullscale import augment_pool, boxed_rewrite
+    from papers.stat.mathtext import last_boxed
+
+    assert boxed_rewrite("2 + 3 = 5.\nThe answer is: 5") == "2 + 3 = 5.\n\nThe answer is $\\boxed{5}$."
+    assert boxed_rewrite("half.\nThe answer is $\\frac{1}{2}$.").endswith("$\\boxed{\\frac{1}{2}}$.")
+    assert boxed_rewrite("no closing line") is None
+    train = [
+        {"problem": "What is 2+3?", "solution": "2+3=5. $\\boxed{5}$"},
+        {"problem": "What is 7-1?", "solution": "7-1=6. $\\boxed{6}$"},
+    ]
+    rows = [
+        {"instruction": "What is  2+3?", "output": "2+3=5. $\\boxed{5}$"},  # the MATH solution itself: skipped
+        {"instruction": "What is 2+3?", "output": "Add: 2+3=5.\nThe answer is: 5"},
+        {"instruction": "What is 2+3?", "output": "Add:  2+3=5.\nThe answer is: 5"},  # same rewrite: skipped
+        {"instruction": "What is 2+3?", "output": "Count up from 2.\nThe answer is 5."},
+        {"instruction": "What is 2+3?", "output": "A third rewrite.\nThe answer is 5."},  # over the cap of 3 answers
+        {"instruction": "What is 3+2?", "output": "A rephrased question.\nThe answer is 5."},  # not a MATH question
+        {"instruction": "What is 7-1?", "output": "no answer line"},
+    ]
+    pool = augment_pool(rows, train, per_question=3)
+    assert list(pool) == ["What is 2+3?"] and len(pool["What is 2+3?"]) == 2
+    assert all(last_boxed(a) == "5" for a in pool["What is 2+3?"])
+    assert augment_pool(rows, train, per_question=1) == {}
+
+
+def test_math_smoke_augment_baseline_and_selection_attach_rewritten_answers(tmp_path):
+    from papers.stat.mathtext import last_boxed
+    from papers.stat.train import main
+
+    args = ["--preset", "math-smoke", "--set", f"out_dir={tmp_path}/runs", f"results_dir={tmp_path}/raw"]
+    main(args + ["method=augment"])
+    rec = json.loads((tmp_path / "raw/stat/math-smoke/augment-seed0.json").read_text())
+    per_q = rec["extra"]["train_set"]["answers_per_question"]
+    assert per_q["max"] == 3 and per_q["mean"] == 3.0  # the smoke pool has two rewrites of every question
+    rows = [json.loads(x) for x in (tmp_path / "runs/stat/math-smoke/augment-seed0/train_set.jsonl").open()]
+    assert len(rows) == 12 and all(last_boxed(r["solution"]) is not None for r in rows)
+    answers = Counter(r["question"] for r in rows)
+    assert len({r["solution"] for r in rows}) == len(rows) and max(answers.values()) <= 3
+    with pytest.raises(SystemExit) as e:
+        main(["--preset", "arith-smoke", "--set", "method=augment"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(args + ["method=uniform"])  # an embedded control has no full-scale training set
+    assert e.value.code == 2
+    main(args + ["method=stat_sel"])  # the selection attaches the rewrites too
+    sel = json.loads((tmp_path / "raw/stat/math-smoke/stat_sel-seed0.json").read_text())
+    assert sel["extra"]["train_set"]["answers_per_question"]["mean"] == 3.0
+
+
 def test_math_smoke_answers_cut_off_by_max_seq_len_are_a_clear_error(tmp_path):
     from common.config import ConfigError
     from papers.stat.train import main
@@ -355,6 +405,19 @@ def test_boxed_answer_checker():
     assert last_boxed("x = \\boxed{\\frac{a}{b^{2}}}.") == "\\frac{a}{b^{2}}"
     assert is_equiv("\\dfrac{1}{2}", "0.5") and is_equiv("1,000", "1000") and is_equiv("x=5", "5")
     assert is_equiv("\\left(1,2\\right)", "(1,2)") and not is_equiv("3", "4") and not is_equiv(None, "4")
+
+
+def test_math_verify_checker_beyond_string_normalisation():
+    from papers.stat.mathtext import answers_match, checker_version, is_equiv
+
+    # math-verify decides what our normaliser leaves to string comparison: intervals, sets, reordered expressions
+    assert answers_match("[1, 2)", "[1,2)") and not answers_match("(1, 2)", "[1,2)")
+    assert answers_match("\\{3, 1, 2\\}", "\\{1,2,3\\}") and not is_equiv("\\{3, 1, 2\\}", "\\{1,2,3\\}")
+    assert answers_match("2\\sqrt{2}", "\\sqrt{8}") and not answers_match("2\\sqrt{2}", "\\sqrt{6}")
+    assert answers_match("\\frac{1}{2}", "0.5") and not answers_match("3", "4") and not answers_match(None, "4")
+    assert answers_match("\\text{(B)}", "\\text{(B)}")  # text answers
+    assert answers_match("\\dfrac{1}{2}", "0.5", "boxed") and checker_version("boxed") == "stat-boxed-v1"
+    assert checker_version("math-verify").startswith("math-verify-0.")
 
 
 def test_arith_long_smoke_shares_one_base_across_seeds(tmp_path):
@@ -731,6 +794,7 @@ def test_arith_rare_smoke_stages_gates_block_then_grid_claim_summary(tmp_path, m
     assert rec1["extra"]["train_set"]["eval_questions_in_train_set"] == 0 and rec1["extra"]["train_set"]["permutation"]
     ex.main(["summary", *methods, *common])
     text = (tmp_path / "runs/stat/arith-rare-smoke/claims_summary.md").read_text()
+    assert (tmp_path / "runs/stat/arith-rare-smoke/claims_summary.png").stat().st_size > 0
     assert "stat_sel − sft (E1/E2) | profiled" in text and "unique questions" in text
 
 

@@ -6,14 +6,14 @@ via peft, an LLM teacher behind an OpenAI-compatible endpoint, the RLHFlow PRM).
 that runs the same code path in seconds on tiny random models.
 
 Methods (``method``): ``base`` (no extra training: the saturated student), ``sft`` (continued plain SFT on fresh
-samples of the natural distribution; the paper's MATH-Train / MATH-Augment baseline), ``hard`` (longest chains
-only; MATH-Hard), ``embed_sel`` (nearest neighbours of the difficult validation questions; Embed-Sel),
-``stat_sel`` and ``stat_syn``; two controls: ``stat_sel_shuffled`` (STAT-Sel with the profile permuted across
+samples of the natural distribution; at full scale MATH-Train), ``augment`` (full scale only: MATH-Augment, the
+MATH training questions with 3 answers each), ``hard`` (longest chains only; MATH-Hard), ``embed_sel`` (nearest
+neighbours of the difficult validation questions; Embed-Sel), ``stat_sel`` and ``stat_syn``; two controls: ``stat_sel_shuffled`` (STAT-Sel with the profile permuted across
 skills: does the diagnosis matter?) and ``uniform`` (fresh chains with every skill equally frequent: an upper bound
 that knows which skills the natural distribution starves). All except ``base`` train on exactly ``budget`` QA pairs.
 
 ``arith-rare`` is the claim preset: the rare skills are calibrated to a measured share of training steps, evaluation
-questions are reserved by a hash of the question, one base per seed (see claims.py for the pilot, the gates, the
+questions are reserved by a hash of the question, one base per seed (experiment.py runs the pilot, the gates, the
 learning-rate grid and the endpoints).
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from common.config import BaseConfig, ConfigError, cfg_field
 
 EVAL_SETS = ("math500", "math_test", "math_d", "gsm8k", "aime24", "aime25", "amc23")  # full scale (task=math)
-METHODS = ("base", "sft", "hard", "embed_sel", "stat_sel", "stat_syn", "stat_sel_shuffled", "uniform")
+METHODS = ("base", "sft", "augment", "hard", "embed_sel", "stat_sel", "stat_syn", "stat_sel_shuffled", "uniform")
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,20 @@ class Config(BaseConfig):
     math_dataset: str = cfg_field("EleutherAI/hendrycks_math", "MATH on the Hub (hendrycks/competition_math is gone)")
     math_split_seed: int = cfg_field(0, "seed of the 1K validation / 4K test split of MATH test (not published)", min=0)
     n_val: int = cfg_field(1000, "MATH validation questions (Q_val)", min=1)
+    answer_checker: str = cfg_field(
+        "math-verify",
+        "full scale: math-verify (LaTeX / sympy verifier) or boxed (our normaliser alone, stat-boxed-v1)",
+        choices=("math-verify", "boxed"),
+    )
+    augment_dataset: str = cfg_field(
+        "TIGER-Lab/MATH-plus", "MATH-Augment answer pool: rewritten solutions of the MATH training questions"
+    )
+    answers_per_question: int = cfg_field(
+        3,
+        "answers attached to a selected MATH question: its MATH solution plus MATH-Augment rewrites (paper: 3; "
+        "1 = MATH solutions only); used by augment, hard, embed_sel and stat_sel",
+        min=1,
+    )
     eval_sets: str = cfg_field(
         "math500,gsm8k",
         "comma-separated evaluation sets: math500, math_test, math_d (needs the base run), gsm8k, aime24, aime25, amc23",
@@ -180,6 +194,10 @@ class Config(BaseConfig):
         presets = globals().get("PRESETS")  # None while the presets themselves are being defined
         if self.base_preset and presets is not None and self.base_preset not in presets:
             raise ConfigError(f"base_preset: unknown preset {self.base_preset!r}; choose from {sorted(presets)}")
+        if self.method == "augment" and self.task != "math":
+            raise ConfigError("method: augment is the full-scale MATH-Augment baseline (task=math); arith has sft")
+        if self.method in ("stat_sel_shuffled", "uniform") and self.task == "math":
+            raise ConfigError(f"method: {self.method} is a control of the embedded task (task=arith) only")
         if self.task == "math" and self.teacher == "oracle" and not self.tiny_random:
             raise ConfigError("teacher: the oracle teacher only knows the arithmetic chains; use openai or hf for MATH")
 

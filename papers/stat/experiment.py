@@ -8,7 +8,7 @@
     python -m papers.stat.experiment saturation            # G4 from the SFT records
     python -m papers.stat.experiment grid                  # the other methods' grids (refused unless G0-G4 passed)
     python -m papers.stat.experiment claim --seeds 1 2 3 4 # every method at its frozen LR (refused unless gates passed)
-    python -m papers.stat.experiment summary               # endpoints, controls, unique counts -> markdown
+    python -m papers.stat.experiment summary               # endpoints, controls, unique counts -> markdown, figure
 
 Every stage is idempotent (a finished run is skipped) and runs in this process, so the pool and the evaluation
 sets of a seed are built once; two stages with disjoint seeds can run side by side.
@@ -553,6 +553,49 @@ def summarize(args) -> str:
     return "\n".join(L) + "\n"
 
 
+def plot_summary(args, path: Path) -> Path:
+    """Per-skill accuracy of every method (mean ± std over seeds) and the per-seed endpoint differences."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from papers.stat.eval import task_of
+
+    task = task_of(cfg_of(args.preset))
+    methods = [m for m in ("base", *METHODS) if load(args.results_dir, args.preset, m, args.claim_seeds[0])]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [3, 1.3]})
+    width = 0.8 / len(methods)
+    for j, m in enumerate(methods):
+        recs = [r for r in (load(args.results_dir, args.preset, m, s) for s in args.claim_seeds) if r]
+        acc = np.array([[r["metrics"][f"acc_skill/{k}"] for k in task.active] for r in recs])
+        x = np.arange(len(task.active)) + (j - (len(methods) - 1) / 2) * width
+        ax.bar(x, acc.mean(0), width, yerr=acc.std(0, ddof=1) if len(recs) > 1 else None, label=m, capsize=2)
+    ax.set_xticks(np.arange(len(task.active)))
+    ax.set_xticklabels([k + ("\n(rare)" if k in task.rare else "") for k in task.active], fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{args.preset}: per-skill accuracy, mean ± std over {len(args.claim_seeds)} seeds")
+    ax.legend(fontsize=7, ncol=3, loc="lower left")
+    for i, on in enumerate(("profiled", "test")):
+        e = endpoint(args, "stat_sel", "sft", on)
+        if e is None:
+            continue
+        bx.scatter([i] * len(e["per_seed"]), e["per_seed"], color="gray", s=12, zorder=3)
+        bx.errorbar([i], [e["mean"]], yerr=[[e["mean"] - e["t_low"]], [e["t_high"] - e["mean"]]], fmt="o", capsize=4)
+    bx.axhline(0, color="black", lw=0.8)
+    bx.set_xticks([0, 1])
+    bx.set_xticklabels(["E1 profiled", "E2 P-test"])
+    bx.set_xlim(-0.5, 1.5)
+    bx.set_ylabel("STAT-Sel − SFT (points)")
+    bx.set_title("endpoints: seeds (gray), mean and 95% t-interval", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=("pilot", "bases", "gates", "grid", "claim", "saturation", "all", "summary"))
@@ -571,6 +614,12 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--results-dir", default="results/raw")
     ap.add_argument("--out-dir", default="runs")
+    ap.add_argument(
+        "--figure",
+        default=None,
+        help="summary stage: where the figure goes (default <out-dir>/stat/<preset>/claims_summary.png; the README's "
+        "figure is papers/stat/figures/arith-rare.png)",
+    )
     args = ap.parse_args(argv)
     stage = {
         "pilot": stage_pilot,
@@ -589,6 +638,7 @@ def main(argv=None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)
+    print(f"figure: {plot_summary(args, Path(args.figure) if args.figure else out.with_suffix('.png'))}")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,13 @@ T = 1.0 (``k_sets``); AMC23 is the 40 AMC 2023 problems of ``AI-MO/aimo-validati
 excludes every MATH-500 problem. Fine-tuning resumes from ``<run>/checkpoints`` (adapter weights only).
 ``python -m papers.stat.fullscale sweep --methods stat_sel sft`` runs the per-method LR grid (``lr_grid_values``).
 
-Left out: group-by-length batching, MATH² and MATH-Perturb (Hub ids unconfirmed), GRPO, MATH^D (needs the PRM over
-the 4K test answers of each base), math-verify (answers are checked by ``mathtext.is_equiv``).
+MATH-Augment (``augment_dataset``, ``TIGER-Lab/MATH-plus``): up to ``answers_per_question`` answers per MATH
+training question (its solution plus distinct rewrites); the ``augment`` baseline samples the budget from all of
+them, and ``hard``, ``embed_sel`` and ``stat_sel`` attach them to the questions they select. MATH^D is built by
+the ``base`` run (the held-out questions the PRM marks difficult for the base's answers) and shared by every
+method of its seed. Answers are checked by math-verify (``answer_checker``; ``boxed`` = our normaliser alone).
+
+Left out: group-by-length batching, MATH² and MATH-Perturb (Hub ids unconfirmed), GRPO.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from common.checkpoint import atomic_write_json, atomic_write_text
 from common.config import ConfigError
 from common.launch import map_sharded, peak_memory_mb, start
 from common.results import make_record, write_record
-from papers.stat.mathtext import CHECKER_VERSION, is_equiv, last_boxed
+from papers.stat.mathtext import answers_match, checker_version, last_boxed
 from papers.stat.pipeline import (
     build_skill_map,
     embed_sel,
@@ -302,6 +307,57 @@ def _key(text: str) -> str:
     return " ".join(text.split())
 
 
+def boxed_rewrite(output: str) -> str | None:
+    """A MATH-plus answer in the MATH solution format: its closing "The answer is X." (or "The answer is: X")
+    becomes ``The answer is $\\boxed{X}$.`` (the evaluator reads the last box). None when the answer has neither a
+    box nor such a closing line."""
+    text = output.strip()
+    if last_boxed(text) is not None:
+        return text
+    i = text.rfind("The answer is")
+    if i < 0:
+        return None
+    ans = text[i + len("The answer is") :].strip().lstrip(":").strip().removesuffix(".").strip().strip("$").strip()
+    if not ans or "\n" in ans:
+        return None
+    return text[:i].rstrip() + f"\n\nThe answer is $\\boxed{{{ans}}}$."
+
+
+def augment_pool(rows, train: list[dict], per_question: int) -> dict[str, list[str]]:
+    """MATH-Augment: up to ``per_question - 1`` rewritten answers per MATH training question, keyed by ``_key`` of the
+    question. ``rows`` carry ``instruction`` (the question) and ``output`` (an answer), as in ``TIGER-Lab/MATH-plus``;
+    rows whose question is not a MATH training question (MATH-plus also holds rephrased questions) are ignored, and so
+    are answers equal to the MATH solution or to an earlier rewrite."""
+    wanted = {_key(r["problem"]): _key(r["solution"]) for r in train}
+    pool: dict[str, list[str]] = {}
+    for row in rows:
+        k = _key(row["instruction"])
+        if k not in wanted or len(pool.get(k, [])) >= per_question - 1:
+            continue
+        ans = boxed_rewrite(row["output"])
+        if ans is None or _key(ans) == wanted[k] or _key(ans) in {_key(a) for a in pool.get(k, [])}:
+            continue
+        pool.setdefault(k, []).append(ans)
+    return pool
+
+
+def load_augment(cfg, train: list[dict]) -> dict[str, list[str]]:
+    """The MATH-Augment answers of ``train`` (``augment_dataset``); the smoke twin rewrites each solution's wording."""
+    if cfg.answers_per_question <= 1:
+        return {}
+    if cfg.tiny_random:  # rewrites in the MATH-plus form: other wording, closing line "The answer is X."
+        rows = []
+        for lead in ("First,", "We compute:"):
+            for r in train:
+                steps = r["solution"].rsplit("\n\nThe answer is", 1)[0]
+                rows.append({"instruction": r["problem"], "output": f"{lead} {steps}\nThe answer is {r['answer']}."})
+    else:
+        from datasets import load_dataset
+
+        rows = load_dataset(cfg.augment_dataset, split="train")
+    return augment_pool(rows, train, cfg.answers_per_question)
+
+
 def load_eval_sets(cfg, held: list[dict]) -> dict[str, list[tuple[str, str]]]:
     names = [n.strip() for n in cfg.eval_sets.split(",") if n.strip()]
     sets = {}
@@ -370,9 +426,27 @@ def build_train_set(cfg, run, train, val_items, difficult, teacher) -> tuple[lis
     rng = random.Random(cfg.seed)
     info: dict = {}
     pool_q = [r["problem"] for r in train]
-    pairs_of = lambda idx: [(train[i]["problem"], train[i]["solution"]) for i in idx]  # noqa: E731
     if cfg.method == "sft":  # MATH-Train: its 7.5K pairs once (the paper's one exception to the 9.5K budget)
-        return pairs_of(range(len(train)))[: cfg.math_budget], info
+        return [(r["problem"], r["solution"]) for r in train][: cfg.math_budget], info
+    # a selected question comes with its MATH solution and up to answers_per_question - 1 MATH-Augment rewrites
+    augment = load_augment(cfg, train) if cfg.method in ("augment", "hard", "embed_sel", "stat_sel") else {}
+    if augment:
+        sizes = [1 + len(augment.get(_key(q), [])) for q in pool_q]
+        info["answers_per_question"] = {
+            "mean": sum(sizes) / len(sizes),
+            "max": max(sizes),
+            "with_rewrites": len(augment),
+        }
+
+    def pairs_of(idx) -> list[tuple[str, str]]:
+        out = []
+        for i in idx:
+            q = train[i]["problem"]
+            out += [(q, train[i]["solution"])] + [(q, a) for a in augment.get(_key(q), [])]
+        return out
+
+    if cfg.method == "augment":  # MATH-Augment: every training question with its answers, sampled to the budget
+        return fill_budget(pairs_of(range(len(train))), cfg.math_budget, rng), info
     if cfg.method == "hard":  # MATH-Hard: levels 4-5
         idx = [i for i, r in enumerate(train) if r.get("level") in ("Level 4", "Level 5")] or list(range(len(train)))
         return fill_budget(pairs_of(idx), cfg.math_budget, rng), info
@@ -390,6 +464,8 @@ def build_train_set(cfg, run, train, val_items, difficult, teacher) -> tuple[lis
     if cfg.method == "stat_sel":
         idx = stat_sel(per_q, skill_map, cfg.m, rng)
         return fill_budget(pairs_of(idx) or pairs_of(range(len(train))), cfg.math_budget, rng), info
+    if cfg.method != "stat_syn":
+        raise ValueError(f"method {cfg.method!r} has no full-scale training set")
     ref_text = lambda i: f"{train[i]['problem']}\nSolution: {train[i]['solution']}"  # noqa: E731
     kept, stats = stat_syn(
         per_q,
@@ -517,12 +593,16 @@ def run_math(cfg) -> None:
         if name in k_sets:  # paper: AMC23 avg@64, AIME pass@64, T = 1.0
             k = cfg.k_samples
             answers = generate(cfg, model, tok, qs, run, batch_size=1, temperature=cfg.k_temperature, n=k)
-            ok = [[is_equiv(last_boxed(a), g) for a in answers[i * k : (i + 1) * k]] for i, (_, g) in enumerate(items)]
+            ok = [
+                [answers_match(last_boxed(a), g, cfg.answer_checker) for a in answers[i * k : (i + 1) * k]]
+                for i, (_, g) in enumerate(items)
+            ]
             metrics[f"pass@{k}/{name}"] = 100 * sum(any(x) for x in ok) / len(items)
             metrics[f"avg@{k}/{name}"] = 100 * sum(sum(x) / k for x in ok) / len(items)
             continue
         answers = generate(cfg, model, tok, qs, run)
-        metrics[f"acc/{name}"] = 100 * sum(is_equiv(last_boxed(a), g) for a, (_, g) in zip(answers, items)) / len(items)
+        hits = [answers_match(last_boxed(a), g, cfg.answer_checker) for a, (_, g) in zip(answers, items)]
+        metrics[f"acc/{name}"] = 100 * sum(hits) / len(items)
     if run.is_main:
         teacher_note = teacher_used(cfg)
         rec = make_record(
@@ -534,7 +614,7 @@ def run_math(cfg) -> None:
             dataset=cfg.math_dataset if not cfg.tiny_random else "arith chains as text (smoke)",
             metrics=metrics,
             protocol={
-                "checker": CHECKER_VERSION,
+                "checker": checker_version(cfg.answer_checker),
                 "temperature": cfg.temperature,
                 "eval_limit": cfg.eval_limit,
                 "teacher": teacher_note,

@@ -6,7 +6,9 @@ explicit and versioned (``CHECKER_VERSION`` is written into every full-scale rec
 trailing ``.0``, surrounding ``$``), compare strings, then numerically (fractions, decimals) and, when sympy is
 installed and the strings parse as plain expressions, symbolically.
 
-Left out: math-verify's full LaTeX parser (intervals, sets, matrices compare as normalised strings only).
+``answers_match`` picks the checker of a run: ``math-verify`` (Hugging Face's LaTeX / sympy verifier: intervals,
+sets, matrices, equations; our normalised comparison decides only where it parses neither side) or ``boxed`` (ours
+alone). The record's ``checker`` names the one used and its version.
 """
 
 from __future__ import annotations
@@ -102,3 +104,25 @@ def is_equiv(pred: str | None, gold: str | None) -> bool:
     except Exception:  # noqa: BLE001 - any parse failure means "not shown equal"
         return False
     return False
+
+
+def checker_version(checker: str) -> str:
+    if checker == "boxed":
+        return CHECKER_VERSION
+    from importlib.metadata import version
+
+    return f"math-verify-{version('math-verify')} (+ {CHECKER_VERSION} where it parses neither side)"
+
+
+def answers_match(pred: str | None, gold: str | None, checker: str = "math-verify") -> bool:
+    """Is the extracted answer ``pred`` (content of the last box) equal to ``gold``?"""
+    if checker == "boxed":
+        return is_equiv(pred, gold)
+    if pred is None or gold is None:
+        return False
+    from math_verify import parse, verify
+
+    g, p = parse(f"${gold}$"), parse(f"${pred}$")
+    if g and p:
+        return bool(verify(g, p))
+    return is_equiv(pred, gold)
