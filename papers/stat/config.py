@@ -8,9 +8,10 @@ that runs the same code path in seconds on tiny random models.
 Methods (``method``): ``base`` (no extra training: the saturated student), ``sft`` (continued plain SFT on fresh
 samples of the natural distribution; at full scale MATH-Train), ``augment`` (full scale only: MATH-Augment, the
 MATH training questions with 3 answers each), ``hard`` (longest chains only; MATH-Hard), ``embed_sel`` (nearest
-neighbours of the difficult validation questions; Embed-Sel), ``stat_sel`` and ``stat_syn``; two controls: ``stat_sel_shuffled`` (STAT-Sel with the profile permuted across
-skills: does the diagnosis matter?) and ``uniform`` (fresh chains with every skill equally frequent: an upper bound
-that knows which skills the natural distribution starves). All except ``base`` train on exactly ``budget`` QA pairs.
+neighbours of the difficult validation questions; Embed-Sel), ``stat_sel`` and ``stat_syn``; two controls of the
+embedded task: ``stat_sel_shuffled`` (STAT-Sel with the profile permuted across skills: does the diagnosis
+matter?) and ``uniform`` (fresh chains with every skill equally frequent: an upper bound that knows which skills the
+natural distribution starves). All except ``base`` train on exactly ``budget`` QA pairs.
 
 ``arith-rare`` is the claim preset: the rare skills are calibrated to a measured share of training steps, evaluation
 questions are reserved by a hash of the question, one base per seed (experiment.py runs the pilot, the gates, the
