@@ -354,7 +354,7 @@ def load_augment(cfg, train: list[dict]) -> dict[str, list[str]]:
     else:
         from datasets import load_dataset
 
-        rows = load_dataset(cfg.augment_dataset, split="train")
+        rows = load_dataset(cfg.augment_dataset, split="train").select_columns(["instruction", "output"])
     return augment_pool(rows, train, cfg.answers_per_question)
 
 
