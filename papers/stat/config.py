@@ -26,6 +26,12 @@ from common.config import BaseConfig, ConfigError, cfg_field
 
 EVAL_SETS = ("math500", "math_test", "math_d", "gsm8k", "aime24", "aime25", "amc23")  # full scale (task=math)
 METHODS = ("base", "sft", "augment", "hard", "embed_sel", "stat_sel", "stat_syn", "stat_sel_shuffled", "uniform")
+# the methods each task builds a training set for: augment is the full-scale MATH-Augment baseline; the two controls
+# need the chains' exact skill frequencies (embedded only)
+TASK_METHODS = {
+    "arith": tuple(m for m in METHODS if m != "augment"),
+    "math": tuple(m for m in METHODS if m not in ("stat_sel_shuffled", "uniform")),
+}
 
 
 @dataclass(frozen=True)
@@ -195,10 +201,10 @@ class Config(BaseConfig):
         presets = globals().get("PRESETS")  # None while the presets themselves are being defined
         if self.base_preset and presets is not None and self.base_preset not in presets:
             raise ConfigError(f"base_preset: unknown preset {self.base_preset!r}; choose from {sorted(presets)}")
-        if self.method == "augment" and self.task != "math":
-            raise ConfigError("method: augment is the full-scale MATH-Augment baseline (task=math); arith has sft")
-        if self.method in ("stat_sel_shuffled", "uniform") and self.task == "math":
-            raise ConfigError(f"method: {self.method} is a control of the embedded task (task=arith) only")
+        if self.method not in TASK_METHODS[self.task]:
+            raise ConfigError(
+                f"method: {self.method} has no training set for task={self.task}; choose from {list(TASK_METHODS[self.task])}"
+            )
         if self.task == "math" and self.teacher == "oracle" and not self.tiny_random:
             raise ConfigError("teacher: the oracle teacher only knows the arithmetic chains; use openai or hf for MATH")
 
